@@ -1,0 +1,2 @@
+//! Audit server binary.
+fn main() {}
