@@ -1,2 +1,61 @@
-//! Audit server binary.
-fn main() {}
+//! `audit-server`: parses its configuration, sets up logging on stderr, binds, prints the bound
+//! address on stdout, and serves until SIGINT or SIGTERM.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use audit_server::Config;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("audit-server: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    // A file-size limit must fail a write (and poison the store), not kill the process.
+    let _ignore_file_size_signal = signal(SignalKind::from_raw(libc_sigxfsz()))?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "audit-server listening on {address}")?;
+        stdout.flush()?;
+    }
+    tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
+    let shutdown = async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+    };
+    audit_server::serve(config, listener, shutdown).await?;
+    Ok(())
+}
+
+/// SIGXFSZ, "file size limit exceeded" (25 on Linux).
+const fn libc_sigxfsz() -> i32 {
+    25
+}

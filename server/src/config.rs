@@ -1,0 +1,161 @@
+//! Server configuration: command-line flags, each also settable through an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Configuration of the audit server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "audit-server", version, about = "Durable gRPC audit service", long_about = None)]
+pub struct Config {
+    /// Address to listen on for plaintext gRPC. Port 0 picks a free port; the bound address is
+    /// printed on stdout.
+    #[arg(long, env = "AUDIT_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory holding the embedded SQLite database (`audit.db`); created with mode 0700 if
+    /// missing. Only one server may use a data directory at a time.
+    #[arg(long, env = "AUDIT_DATA_DIR", default_value = "./audit-data")]
+    pub data_dir: PathBuf,
+
+    /// Log filter for the server's own log on stderr (tracing `EnvFilter` syntax, e.g. `info`,
+    /// `audit_server=debug`).
+    #[arg(long, env = "AUDIT_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Validation and resource limits.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Limits on what a client may send and on the resources the server spends. Every limit has a
+/// flag and an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest encoded entry accepted, in bytes; larger entries get INVALID_ARGUMENT.
+    #[arg(long, env = "AUDIT_MAX_ENTRY_BYTES", default_value_t = 64 * 1024)]
+    pub max_entry_bytes: usize,
+
+    /// Most entries in one RecordBatch; more get INVALID_ARGUMENT.
+    #[arg(long, env = "AUDIT_MAX_BATCH_ENTRIES", default_value_t = 1000)]
+    pub max_batch_entries: usize,
+
+    /// Largest gRPC request message accepted, in bytes; larger messages are refused before they
+    /// are decoded.
+    #[arg(long, env = "AUDIT_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Longest string field (ids, source, method, event, resource, principal, label keys and
+    /// values, ...), in bytes.
+    #[arg(long, env = "AUDIT_MAX_FIELD_BYTES", default_value_t = 1024)]
+    pub max_field_bytes: usize,
+
+    /// Longest `status_message`, in bytes.
+    #[arg(long, env = "AUDIT_MAX_STATUS_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_status_message_bytes: usize,
+
+    /// Most labels on one entry or in one filter.
+    #[arg(long, env = "AUDIT_MAX_LABELS", default_value_t = 64)]
+    pub max_labels: usize,
+
+    /// Most concurrent Subscribe streams; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AUDIT_MAX_SUBSCRIBERS", default_value_t = 1024)]
+    pub max_subscribers: usize,
+
+    /// Most write requests waiting for the writer; more get RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "AUDIT_WRITE_QUEUE", default_value_t = 4096)]
+    pub write_queue: usize,
+
+    /// Most entries committed in one group transaction (one fsync).
+    #[arg(long, env = "AUDIT_MAX_GROUP_ENTRIES", default_value_t = 8192)]
+    pub max_group_entries: usize,
+
+    /// Query page size when the request gives none.
+    #[arg(long, env = "AUDIT_DEFAULT_PAGE_SIZE", default_value_t = 100)]
+    pub default_page_size: u32,
+
+    /// Largest query page size; larger requests are capped to it.
+    #[arg(long, env = "AUDIT_MAX_PAGE_SIZE", default_value_t = 1000)]
+    pub max_page_size: u32,
+
+    /// Largest query page or subscription read, in encoded bytes; a page stops early (with a
+    /// next page token) rather than exceed it.
+    #[arg(long, env = "AUDIT_MAX_RESPONSE_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+
+    /// Read connections to the database shared by queries and subscriptions.
+    #[arg(long, env = "AUDIT_READ_CONNECTIONS", default_value_t = 4)]
+    pub read_connections: usize,
+
+    /// A subscription sends a heartbeat after this long without an entry, e.g. `15s`.
+    #[arg(long, env = "AUDIT_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Config::parse_from(["audit-server"]).limits
+    }
+}
+
+impl Config {
+    /// The default configuration with another listen address and data directory; used by tests
+    /// and embedders.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Config::parse_from(["audit-server"]);
+        config.listen = listen;
+        config.data_dir = data_dir.into();
+        config
+    }
+}
+
+/// Parses `1500ms`, `15s`, `2m` or a plain number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 15s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("`{text}`: unit must be ms, s or m")),
+    }
+    .and_then(|d| {
+        if d.is_zero() {
+            Err("must be greater than zero".to_string())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let config = Config::parse_from(["audit-server"]);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.data_dir, PathBuf::from("./audit-data"));
+        assert_eq!(config.limits.max_batch_entries, 1000);
+    }
+}

@@ -1,0 +1,133 @@
+//! The server's error type and its one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// A field of a request that failed validation, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Path of the field, e.g. `entry.source` or `entries[3].method`.
+    pub field: String,
+    /// Why the value was refused.
+    pub description: String,
+}
+
+impl Violation {
+    /// A violation of `field` for `description`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; nothing was changed.
+    #[error("{}", describe_violations(.0))]
+    InvalidArgument(Vec<Violation>),
+
+    /// An entry with this id is already stored with different content.
+    #[error("{field}: an entry with id {id} is already recorded with different content")]
+    IdConflict {
+        /// Path of the id field.
+        field: String,
+        /// The conflicting id.
+        id: String,
+    },
+
+    /// The server is at a configured limit (write queue, subscribers); try again later.
+    #[error("{0}")]
+    Overloaded(String),
+
+    /// The store cannot accept writes (failed write or fsync, full disk); nothing was stored.
+    #[error("store unavailable: {0}")]
+    StoreFailed(String),
+
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+
+    /// An unexpected internal failure; details are logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        Error::Internal(error.to_string())
+    }
+}
+
+fn describe_violations(violations: &[Violation]) -> String {
+    match violations {
+        [] => "invalid request".to_string(),
+        [only] => format!("{}: {}", only.field, only.description),
+        [first, rest @ ..] => format!(
+            "{}: {} (and {} more invalid field{})",
+            first.field,
+            first.description,
+            rest.len(),
+            if rest.len() == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument(ref violations) => {
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .iter()
+                        .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(Code::InvalidArgument, error.to_string(), details)
+            }
+            Error::IdConflict { .. } => Status::already_exists(error.to_string()),
+            Error::Overloaded(message) => Status::resource_exhausted(message),
+            Error::StoreFailed(ref cause) => {
+                tracing::error!(%cause, "refusing request: store unavailable");
+                Status::unavailable("audit store unavailable: the entry was not recorded")
+            }
+            Error::ShuttingDown => Status::unavailable(error.to_string()),
+            Error::Internal(ref cause) => {
+                tracing::error!(%cause, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field_and_carries_bad_request_details() {
+        let status = Status::from(Error::InvalidArgument(vec![
+            Violation::new("entries[2].method", "required"),
+            Violation::new("entries[4].outcome", "required"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "entries[2].method: required (and 1 more invalid field)"
+        );
+        let bad_request = status
+            .get_details_bad_request()
+            .expect("BadRequest details");
+        assert_eq!(bad_request.field_violations.len(), 2);
+        assert_eq!(bad_request.field_violations[1].field, "entries[4].outcome");
+    }
+
+    #[test]
+    fn internal_causes_are_not_sent() {
+        let status = Status::from(Error::Internal("disk /secret/path broke".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}

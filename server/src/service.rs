@@ -1,0 +1,247 @@
+//! The gRPC handlers of `audit.v1.AuditService`: thin adapters from requests to validation, the
+//! store and the hub.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use audit_proto::pb::{
+    self, Order, QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse,
+    RecordRequest, RecordResponse, SubscribeRequest, audit_service_server,
+    start_position::Position,
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::config::Limits;
+use crate::error::{Error, Violation};
+use crate::hub::{Hub, SubscriptionStream};
+use crate::page_token;
+use crate::store::{Direction, Read, Store};
+use crate::validate::{self, Context, timestamp_nanos};
+
+/// The audit service over a store.
+pub struct AuditService<S> {
+    store: S,
+    hub: Hub<S>,
+    limits: Arc<Limits>,
+}
+
+impl<S: Store + Clone> AuditService<S> {
+    /// The service storing into `store` and streaming through `hub`.
+    pub fn new(store: S, hub: Hub<S>, limits: Arc<Limits>) -> Self {
+        Self { store, hub, limits }
+    }
+
+    /// The request's context: when it arrived and who sent it.
+    fn context<T>(request: &Request<T>) -> Context {
+        let recorder = request.remote_addr().map(|address| pb::Recorder {
+            peer: Some(pb::recorder::Peer::Network(pb::NetworkPeer {
+                address: address.to_string(),
+                ..Default::default()
+            })),
+        });
+        Context {
+            received_time: validate::now(),
+            recorder,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
+    async fn record(
+        &self,
+        request: Request<RecordRequest>,
+    ) -> Result<Response<RecordResponse>, Status> {
+        let context = Self::context(&request);
+        let Some(entry) = request.into_inner().entry else {
+            return Err(Error::InvalidArgument(vec![Violation::new("entry", "required")]).into());
+        };
+        let mut new = validate::entry(entry, "entry", None, &context, &self.limits)
+            .map_err(Error::InvalidArgument)?;
+        if new.entry.request_id.is_empty() {
+            new.entry.request_id = Uuid::now_v7().hyphenated().to_string();
+        }
+        let receipt = self
+            .store
+            .append(vec![new])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("append returned no receipt".into()))?;
+        Ok(Response::new(RecordResponse {
+            id: receipt.id,
+            sequence: receipt.sequence,
+        }))
+    }
+
+    async fn record_batch(
+        &self,
+        request: Request<RecordBatchRequest>,
+    ) -> Result<Response<RecordBatchResponse>, Status> {
+        let context = Self::context(&request);
+        let batch = request.into_inner();
+        let count = batch.entries.len();
+        if count == 0 {
+            return Err(Error::InvalidArgument(vec![Violation::new(
+                "entries",
+                "at least one entry is required",
+            )])
+            .into());
+        }
+        if count > self.limits.max_batch_entries {
+            return Err(Error::InvalidArgument(vec![Violation::new(
+                "entries",
+                format!(
+                    "{count} entries, more than the limit of {}",
+                    self.limits.max_batch_entries
+                ),
+            )])
+            .into());
+        }
+        if batch.request_id.len() > self.limits.max_field_bytes {
+            return Err(Error::InvalidArgument(vec![Violation::new(
+                "request_id",
+                format!(
+                    "longer than the limit of {} bytes",
+                    self.limits.max_field_bytes
+                ),
+            )])
+            .into());
+        }
+        // The batch's id, else the first id an entry carries; generated only if none is given.
+        let shared = Some(batch.request_id.as_str())
+            .filter(|id| !id.is_empty())
+            .or_else(|| {
+                batch
+                    .entries
+                    .iter()
+                    .map(|e| e.request_id.as_str())
+                    .find(|id| !id.is_empty())
+            })
+            .map(str::to_string);
+        let generated = Uuid::now_v7().hyphenated().to_string();
+
+        let mut violations = Vec::new();
+        let mut entries = Vec::with_capacity(count);
+        let mut first_index_of_id = HashMap::new();
+        for (index, entry) in batch.entries.into_iter().enumerate() {
+            let path = format!("entries[{index}]");
+            match validate::entry(entry, &path, shared.as_deref(), &context, &self.limits) {
+                Ok(mut new) => {
+                    if let Some(first) = first_index_of_id.insert(new.entry.id.clone(), index) {
+                        violations.push(Violation::new(
+                            format!("{path}.id"),
+                            format!("duplicates the id of entries[{first}]"),
+                        ));
+                    }
+                    if new.entry.request_id.is_empty() {
+                        new.entry.request_id.clone_from(&generated);
+                    }
+                    entries.push(new);
+                }
+                Err(mut bad) => violations.append(&mut bad),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations).into());
+        }
+        let receipts = self.store.append(entries).await?;
+        Ok(Response::new(RecordBatchResponse {
+            request_id: receipts
+                .first()
+                .map(|r| r.request_id.clone())
+                .unwrap_or_default(),
+            ids: receipts.iter().map(|r| r.id.clone()).collect(),
+            sequences: receipts.iter().map(|r| r.sequence).collect(),
+        }))
+    }
+
+    type SubscribeStream = SubscriptionStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let filter = request.filter.unwrap_or_default();
+        validate::filter(&filter, "filter", &self.limits).map_err(Error::InvalidArgument)?;
+        // Read the head before anything else: every entry committed later is above it.
+        let head = *self.store.head().borrow();
+        let after = match request.start.and_then(|start| start.position) {
+            None => head,
+            Some(Position::AfterSequence(after)) => after,
+            Some(Position::ReceivedTime(time)) => {
+                let nanos = timestamp_nanos(&time).ok_or_else(|| {
+                    Error::InvalidArgument(vec![Violation::new(
+                        "start.received_time",
+                        "not a valid timestamp between 1678 and 2261",
+                    )])
+                })?;
+                match self.store.first_received_since(nanos).await? {
+                    Some(first) => first - 1,
+                    None => head,
+                }
+            }
+        };
+        Ok(Response::new(self.hub.subscribe(filter, after)?))
+    }
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let request = request.into_inner();
+        let filter = request.filter.unwrap_or_default();
+        validate::filter(&filter, "filter", &self.limits).map_err(Error::InvalidArgument)?;
+        let order = match Order::try_from(request.order) {
+            Ok(Order::Descending) => Order::Descending,
+            Ok(Order::Ascending | Order::Unspecified) => Order::Ascending,
+            Err(_) => {
+                return Err(Error::InvalidArgument(vec![Violation::new(
+                    "order",
+                    format!("unknown order {}", request.order),
+                )])
+                .into());
+            }
+        };
+        let position = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                page_token::decode(&request.page_token, &filter, order).ok_or_else(|| {
+                    Error::InvalidArgument(vec![Violation::new(
+                        "page_token",
+                        "not a token returned by a query with this filter and order",
+                    )])
+                })?,
+            )
+        };
+        let limit = match request.page_size {
+            0 => self.limits.default_page_size,
+            size => size.min(self.limits.max_page_size),
+        } as usize;
+        let direction = match order {
+            Order::Descending => Direction::Descending { before: position },
+            _ => Direction::Ascending {
+                after: position.unwrap_or(0),
+            },
+        };
+        let read = Read {
+            filter,
+            direction,
+            through: *self.store.head().borrow(),
+            limit,
+            max_bytes: self.limits.max_response_bytes,
+        };
+        let filter = read.filter.clone();
+        let page = self.store.read(read).await?;
+        let next_page_token = match page.entries.last() {
+            Some(last) if !page.exhausted => page_token::encode(last.sequence, &filter, order),
+            _ => String::new(),
+        };
+        Ok(Response::new(QueryResponse {
+            entries: page.entries,
+            next_page_token,
+        }))
+    }
+}

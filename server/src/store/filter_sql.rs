@@ -1,0 +1,120 @@
+//! Translation of a `Filter` into an SQL condition over the `entries` table.
+
+use audit_proto::pb::Filter;
+use rusqlite::types::Value;
+
+use crate::validate::timestamp_nanos;
+
+/// An SQL boolean expression and its positional parameters.
+#[derive(Debug, Default)]
+pub struct Condition {
+    /// Terms joined with AND; `1` when empty.
+    pub sql: String,
+    /// Values for the `?` placeholders, in order.
+    pub params: Vec<Value>,
+}
+
+impl Condition {
+    fn term(&mut self, sql: &str, params: impl IntoIterator<Item = Value>) {
+        if !self.sql.is_empty() {
+            self.sql.push_str(" AND ");
+        }
+        self.sql.push_str(sql);
+        self.params.extend(params);
+    }
+
+    fn text(&mut self, column: &str, value: &str) {
+        if !value.is_empty() {
+            self.term(&format!("{column} = ?"), [Value::Text(value.to_string())]);
+        }
+    }
+
+    /// Exact match, or prefix match when the value ends with `*`.
+    fn text_or_prefix(&mut self, column: &str, value: &str) {
+        match value.strip_suffix('*') {
+            Some("") => {}
+            Some(prefix) => self.term(
+                // The range term lets SQLite use the column's index; substr makes it exact.
+                &format!("({column} >= ? AND substr({column}, 1, ?) = ?)"),
+                [
+                    Value::Text(prefix.to_string()),
+                    Value::Integer(prefix.chars().count() as i64),
+                    Value::Text(prefix.to_string()),
+                ],
+            ),
+            None => self.text(column, value),
+        }
+    }
+
+    fn any_of(&mut self, column: &str, values: &[i32]) {
+        if values.is_empty() {
+            return;
+        }
+        let placeholders = vec!["?"; values.len()].join(", ");
+        self.term(
+            &format!("{column} IN ({placeholders})"),
+            values.iter().map(|v| Value::Integer(i64::from(*v))),
+        );
+    }
+}
+
+/// The condition selecting the entries that match `filter` (already validated).
+pub fn condition(filter: &Filter) -> Condition {
+    let mut c = Condition::default();
+    c.text("request_id", &filter.request_id);
+    c.text("source", &filter.source);
+    c.text_or_prefix("method", &filter.method);
+    c.text("principal", &filter.principal);
+    c.text_or_prefix("spiffe_id", &filter.spiffe_id);
+    c.any_of("outcome", &filter.outcomes);
+    c.any_of("status_code", &filter.status_codes);
+    c.text("event", &filter.event);
+    c.text("category", &filter.category);
+    c.text_or_prefix("resource", &filter.resource);
+    if filter.min_level > 0 {
+        c.term("level >= ?", [Value::Integer(i64::from(filter.min_level))]);
+    }
+    if let Some(start) = filter.start_time.as_ref().and_then(timestamp_nanos) {
+        c.term("time_ns >= ?", [Value::Integer(start)]);
+    }
+    if let Some(end) = filter.end_time.as_ref().and_then(timestamp_nanos) {
+        c.term("time_ns < ?", [Value::Integer(end)]);
+    }
+    for (key, value) in &filter.labels {
+        c.term(
+            "EXISTS (SELECT 1 FROM json_each(entries.labels) WHERE key = ? AND value = ?)",
+            [Value::Text(key.clone()), Value::Text(value.clone())],
+        );
+    }
+    if c.sql.is_empty() {
+        c.sql.push('1');
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        let c = condition(&Filter::default());
+        assert_eq!(c.sql, "1");
+        assert!(c.params.is_empty());
+    }
+
+    #[test]
+    fn terms_are_joined_with_and() {
+        let c = condition(&Filter {
+            source: "billing".into(),
+            method: "/billing.v1.Billing/*".into(),
+            outcomes: vec![2, 3],
+            ..Default::default()
+        });
+        assert_eq!(
+            c.sql,
+            "source = ? AND (method >= ? AND substr(method, 1, ?) = ?) AND outcome IN (?, ?)"
+        );
+        assert_eq!(c.params.len(), 6);
+    }
+}

@@ -1,0 +1,90 @@
+//! Persistence of the audit log behind one small trait, and its embedded SQLite implementation.
+
+mod filter_sql;
+pub mod sqlite;
+
+use std::future::Future;
+
+use audit_proto::pb::{AuditEntry, Filter};
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::validate::NewEntry;
+
+pub use sqlite::SqliteStore;
+
+/// Where a stored entry landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Id of the entry.
+    pub id: String,
+    /// Sequence of the entry (of the first recording, for a retried id).
+    pub sequence: u64,
+    /// Request id stored with the entry.
+    pub request_id: String,
+}
+
+/// Which way a read walks the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Entries with a sequence greater than `after`, oldest first.
+    Ascending {
+        /// Exclusive lower bound.
+        after: u64,
+    },
+    /// Entries with a sequence lower than `before` (or the newest), newest first.
+    Descending {
+        /// Exclusive upper bound; `None` starts at the newest entry.
+        before: Option<u64>,
+    },
+}
+
+/// One bounded read of entries matching a filter.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// Entries to select.
+    pub filter: Filter,
+    /// Where to start and which way to go.
+    pub direction: Direction,
+    /// Highest sequence to consider: the committed head when the read was planned.
+    pub through: u64,
+    /// Most entries to return.
+    pub limit: usize,
+    /// Stop once the returned entries reach this many encoded bytes (at least one is returned).
+    pub max_bytes: usize,
+}
+
+/// Entries returned by a read.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Matching entries, with their sequences, in the read's direction.
+    pub entries: Vec<AuditEntry>,
+    /// True when the read reached the end of its range: no further entry matches.
+    pub exhausted: bool,
+}
+
+/// A durable, append-only audit log.
+pub trait Store: Send + Sync + 'static {
+    /// Appends entries atomically: every entry is committed and synced to stable storage, or none
+    /// is. Entries whose id is already stored with the same content are not stored again; their
+    /// receipt gives the first sequence.
+    fn append(
+        &self,
+        entries: Vec<NewEntry>,
+    ) -> impl Future<Output = Result<Vec<Receipt>, Error>> + Send;
+
+    /// Reads entries matching a filter, in sequence order.
+    fn read(&self, read: Read) -> impl Future<Output = Result<Page, Error>> + Send;
+
+    /// The lowest sequence received by the server at or after `nanos` since the Unix epoch.
+    fn first_received_since(
+        &self,
+        nanos: i64,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+
+    /// The sequence of the newest committed entry (0 when empty), updated after each commit.
+    fn head(&self) -> watch::Receiver<u64>;
+
+    /// Whether the store accepts writes; turns false for good after a storage failure.
+    fn writable(&self) -> watch::Receiver<bool>;
+}

@@ -1,0 +1,536 @@
+//! The embedded store: one SQLite database in WAL mode with `synchronous=FULL`.
+//!
+//! One writer thread owns the write connection and group-commits: it takes every write request
+//! waiting in its queue, applies them in one transaction (a savepoint each, so one request's
+//! conflict does not fail the others), commits with one fsync, and only then answers each
+//! request and publishes the new head. A failed write or commit poisons the store: it refuses
+//! every later write rather than retry something that may or may not be on disk.
+//! Reads go through a small pool of read-only connections on blocking threads.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use audit_proto::pb::AuditEntry;
+use prost::Message;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use super::filter_sql::condition;
+use super::{Direction, Page, Read, Receipt, Store};
+use crate::error::Error;
+use crate::validate::{NewEntry, timestamp_nanos};
+
+/// Version of the schema below, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE entries (
+    sequence    INTEGER PRIMARY KEY,
+    id          BLOB NOT NULL UNIQUE,
+    digest      BLOB NOT NULL,
+    request_id  TEXT NOT NULL,
+    time_ns     INTEGER NOT NULL,
+    received_ns INTEGER NOT NULL,
+    source      TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    category    TEXT NOT NULL,
+    resource    TEXT NOT NULL,
+    level       INTEGER NOT NULL,
+    outcome     INTEGER NOT NULL,
+    status_code INTEGER NOT NULL,
+    principal   TEXT NOT NULL,
+    spiffe_id   TEXT NOT NULL,
+    labels      TEXT NOT NULL,
+    entry       BLOB NOT NULL
+) STRICT;
+CREATE INDEX entries_time ON entries(time_ns);
+CREATE INDEX entries_received ON entries(received_ns);
+CREATE INDEX entries_request_id ON entries(request_id);
+CREATE INDEX entries_source ON entries(source);
+CREATE INDEX entries_method ON entries(method);
+CREATE INDEX entries_principal ON entries(principal);
+CREATE INDEX entries_spiffe_id ON entries(spiffe_id);
+CREATE INDEX entries_outcome ON entries(outcome);
+";
+
+const INSERT: &str = "INSERT INTO entries (sequence, id, digest, request_id, time_ns, received_ns,
+    source, method, event, category, resource, level, outcome, status_code, principal, spiffe_id,
+    labels, entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (id) DO NOTHING";
+
+/// Tuning of the SQLite store.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most write requests waiting for the writer.
+    pub write_queue: usize,
+    /// Most entries committed in one transaction.
+    pub max_group_entries: usize,
+    /// Read connections in the pool.
+    pub read_connections: usize,
+}
+
+/// The embedded SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Taken by `close`; the writer stops once it is gone and the queue is drained.
+    jobs: std::sync::RwLock<Option<mpsc::Sender<WriteJob>>>,
+    readers: Readers,
+    head: watch::Receiver<u64>,
+    writable: watch::Receiver<bool>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held for the store's lifetime so that no second server writes the same database.
+    _lock: File,
+}
+
+struct WriteJob {
+    entries: Vec<NewEntry>,
+    reply: oneshot::Sender<Result<Vec<Receipt>, Error>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`, and starts its writer thread.
+    pub fn open(data_dir: &Path, options: &Options) -> Result<Self, Error> {
+        let lock = lock_data_dir(data_dir)?;
+        let path = data_dir.join("audit.db");
+        // SQLite gives its WAL and shared-memory files the database file's mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            File::options()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
+        }
+        let mut conn = Connection::open(&path)
+            .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: each commit syncs the WAL, so an acknowledged entry survives power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        migrate(&mut conn)?;
+        // The database file's directory entry must be durable too; SQLite syncs it only for
+        // journals.
+        File::open(data_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| Error::StoreFailed(format!("sync {}: {e}", data_dir.display())))?;
+
+        let head: u64 = conn.query_row(
+            "SELECT COALESCE(MAX(sequence), 0) FROM entries",
+            [],
+            |row| row.get::<_, i64>(0),
+        )? as u64;
+        let readers = Readers::open(&path, options.read_connections.max(1))?;
+        let (head_tx, head_rx) = watch::channel(head);
+        let (writable_tx, writable_rx) = watch::channel(true);
+        let (jobs_tx, jobs_rx) = mpsc::channel(options.write_queue.max(1));
+        let writer = Writer {
+            conn,
+            jobs: jobs_rx,
+            next_sequence: head + 1,
+            max_group_entries: options.max_group_entries.max(1),
+            head: head_tx,
+            writable: writable_tx,
+        };
+        let handle = std::thread::Builder::new()
+            .name("audit-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::Internal(format!("spawn writer thread: {e}")))?;
+        tracing::info!(path = %path.display(), head, "store opened");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                jobs: std::sync::RwLock::new(Some(jobs_tx)),
+                readers,
+                head: head_rx,
+                writable: writable_rx,
+                writer: Mutex::new(Some(handle)),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Stops accepting writes, lets the writer commit what is queued, and waits for it.
+    pub async fn close(&self) {
+        self.inner.jobs.write().expect("jobs lock").take();
+        let handle = self.inner.writer.lock().expect("writer lock").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    async fn append(&self, entries: Vec<NewEntry>) -> Result<Vec<Receipt>, Error> {
+        if !*self.inner.writable.borrow() {
+            return Err(Error::StoreFailed(
+                "store failed earlier; restart required".into(),
+            ));
+        }
+        let (reply, response) = oneshot::channel();
+        let jobs = self.inner.jobs.read().expect("jobs lock").clone();
+        jobs.ok_or(Error::ShuttingDown)?
+            .try_send(WriteJob { entries, reply })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => {
+                    Error::Overloaded("write queue is full; retry later".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
+            })?;
+        response.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn read(&self, read: Read) -> Result<Page, Error> {
+        self.inner
+            .readers
+            .run(move |conn| read_page(conn, &read))
+            .await
+    }
+
+    async fn first_received_since(&self, nanos: i64) -> Result<Option<u64>, Error> {
+        self.inner
+            .readers
+            .run(move |conn| {
+                let first: Option<i64> = conn.query_row(
+                    "SELECT MIN(sequence) FROM entries WHERE received_ns >= ?",
+                    [nanos],
+                    |row| row.get(0),
+                )?;
+                Ok(first.map(|s| s as u64))
+            })
+            .await
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.inner.head.clone()
+    }
+
+    fn writable(&self) -> watch::Receiver<bool> {
+        self.inner.writable.clone()
+    }
+}
+
+/// Creates the data directory (mode 0700) and takes its exclusive lock.
+fn lock_data_dir(data_dir: &Path) -> Result<File, Error> {
+    let failed = |what: &str, path: &Path, e: std::io::Error| {
+        Error::StoreFailed(format!("{what} {}: {e}", path.display()))
+    };
+    if !data_dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|e| failed("create data dir", data_dir, e))?;
+    }
+    let lock_path: PathBuf = data_dir.join("LOCK");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| failed("open", &lock_path, e))?;
+    lock.try_lock().map_err(|_| {
+        Error::StoreFailed(format!(
+            "data dir {} is in use by another audit-server",
+            data_dir.display()
+        ))
+    })?;
+    Ok(lock)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    match version {
+        0 => {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            Ok(())
+        }
+        SCHEMA_VERSION => Ok(()),
+        newer => Err(Error::StoreFailed(format!(
+            "database schema version {newer} is newer than this server's ({SCHEMA_VERSION})"
+        ))),
+    }
+}
+
+// === impl Writer ===
+
+struct Writer {
+    conn: Connection,
+    jobs: mpsc::Receiver<WriteJob>,
+    next_sequence: u64,
+    max_group_entries: usize,
+    head: watch::Sender<u64>,
+    writable: watch::Sender<bool>,
+}
+
+/// Why one write request of a group failed without failing the group.
+enum JobFailure {
+    Conflict { field: String, id: String },
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Some(first) = self.jobs.blocking_recv() {
+            let mut count = first.entries.len();
+            let mut group = vec![first];
+            while count < self.max_group_entries {
+                match self.jobs.try_recv() {
+                    Ok(job) => {
+                        count += job.entries.len();
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !*self.writable.borrow() {
+                for job in group {
+                    let _ = job.reply.send(Err(Error::StoreFailed(
+                        "store failed earlier; restart required".into(),
+                    )));
+                }
+                continue;
+            }
+            let first_sequence = self.next_sequence;
+            match self.commit(&group) {
+                Ok(outcomes) => {
+                    if self.next_sequence != first_sequence {
+                        self.head.send_replace(self.next_sequence - 1);
+                    }
+                    for (job, outcome) in group.into_iter().zip(outcomes) {
+                        let result = outcome.map_err(|JobFailure::Conflict { field, id }| {
+                            Error::IdConflict { field, id }
+                        });
+                        let _ = job.reply.send(result);
+                    }
+                }
+                Err(error) => {
+                    // The outcome on disk is unknown: refuse all further writes rather than
+                    // guess. Clients retry with their ids once an operator has fixed the store.
+                    tracing::error!(%error, "store write failed; refusing further writes");
+                    self.next_sequence = first_sequence;
+                    self.writable.send_replace(false);
+                    for job in group {
+                        let _ = job.reply.send(Err(Error::StoreFailed(error.to_string())));
+                    }
+                }
+            }
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Applies every job in one transaction and commits it with one fsync.
+    fn commit(
+        &mut self,
+        group: &[WriteJob],
+    ) -> Result<Vec<Result<Vec<Receipt>, JobFailure>>, rusqlite::Error> {
+        let mut next = self.next_sequence;
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(group.len());
+        for job in group {
+            let mut savepoint = tx.savepoint()?;
+            let before = next;
+            match insert_job(&savepoint, &job.entries, &mut next)? {
+                Ok(receipts) => {
+                    savepoint.commit()?;
+                    outcomes.push(Ok(receipts));
+                }
+                Err(failure) => {
+                    savepoint.rollback()?;
+                    next = before;
+                    outcomes.push(Err(failure));
+                }
+            }
+        }
+        tx.commit()?;
+        self.next_sequence = next;
+        Ok(outcomes)
+    }
+}
+
+/// Inserts the entries of one request, assigning sequences from `next`.
+fn insert_job(
+    conn: &Connection,
+    entries: &[NewEntry],
+    next: &mut u64,
+) -> Result<Result<Vec<Receipt>, JobFailure>, rusqlite::Error> {
+    let mut insert = conn.prepare_cached(INSERT)?;
+    let mut receipts = Vec::with_capacity(entries.len());
+    for new in entries {
+        let entry = &new.entry;
+        let id = uuid::Uuid::parse_str(&entry.id).expect("validated id");
+        let (principal, spiffe_id) = caller_identity(entry);
+        let inserted = insert.execute(rusqlite::params![
+            *next as i64,
+            id.as_bytes().as_slice(),
+            new.digest.as_slice(),
+            entry.request_id,
+            entry.time.as_ref().and_then(timestamp_nanos).unwrap_or(0),
+            entry
+                .received_time
+                .as_ref()
+                .and_then(timestamp_nanos)
+                .unwrap_or(0),
+            entry.source,
+            entry.method,
+            entry.event,
+            entry.category,
+            entry.resource,
+            entry.level,
+            entry.outcome,
+            entry.status_code,
+            principal,
+            spiffe_id,
+            serde_json::to_string(&entry.labels).expect("string map serializes"),
+            entry.encode_to_vec(),
+        ])?;
+        if inserted == 1 {
+            receipts.push(Receipt {
+                id: entry.id.clone(),
+                sequence: *next,
+                request_id: entry.request_id.clone(),
+            });
+            *next += 1;
+            continue;
+        }
+        let (sequence, digest, request_id): (i64, Vec<u8>, String) = conn.query_row(
+            "SELECT sequence, digest, request_id FROM entries WHERE id = ?",
+            [id.as_bytes().as_slice()],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
+        if digest != new.digest {
+            return Ok(Err(JobFailure::Conflict {
+                field: format!("{}.id", new.path),
+                id: entry.id.clone(),
+            }));
+        }
+        receipts.push(Receipt {
+            id: entry.id.clone(),
+            sequence: sequence as u64,
+            request_id,
+        });
+    }
+    Ok(Ok(receipts))
+}
+
+fn caller_identity(entry: &AuditEntry) -> (&str, &str) {
+    let Some(caller) = &entry.caller else {
+        return ("", "");
+    };
+    let spiffe_id = match &caller.peer {
+        Some(audit_proto::pb::caller::Peer::Network(network)) => network.spiffe_id.as_str(),
+        _ => "",
+    };
+    (caller.principal.as_str(), spiffe_id)
+}
+
+// === impl Readers ===
+
+/// A fixed pool of read-only connections, used on blocking threads.
+struct Readers {
+    connections: Arc<Mutex<Vec<Connection>>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    fn open(path: &Path, count: usize) -> Result<Self, Error> {
+        let mut connections = Vec::with_capacity(count);
+        for _ in 0..count {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.pragma_update(None, "query_only", true)?;
+            connections.push(conn);
+        }
+        Ok(Self {
+            connections: Arc::new(Mutex::new(connections)),
+            permits: Semaphore::new(count),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let connections = self.connections.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = connections
+                .lock()
+                .expect("reader pool lock")
+                .pop()
+                .expect("one connection per permit");
+            let result = work(&conn);
+            connections.lock().expect("reader pool lock").push(conn);
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+fn read_page(conn: &Connection, read: &Read) -> Result<Page, Error> {
+    let filter = condition(&read.filter);
+    let mut params = filter.params;
+    let (bound, order) = match read.direction {
+        Direction::Ascending { after } => {
+            params.push(Value::Integer(after as i64));
+            ("sequence > ?", "ASC")
+        }
+        Direction::Descending { before } => {
+            params.push(Value::Integer(before.unwrap_or(u64::MAX >> 1) as i64));
+            ("sequence < ?", "DESC")
+        }
+    };
+    params.push(Value::Integer(read.through as i64));
+    params.push(Value::Integer(read.limit as i64 + 1));
+    let sql = format!(
+        "SELECT sequence, entry FROM entries WHERE {} AND {bound} AND sequence <= ? \
+         ORDER BY sequence {order} LIMIT ?",
+        filter.sql
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query(params_from_iter(params))?;
+    let mut page = Page {
+        entries: Vec::new(),
+        exhausted: true,
+    };
+    let mut bytes = 0;
+    while let Some(row) = rows.next()? {
+        if page.entries.len() == read.limit || (bytes >= read.max_bytes && !page.entries.is_empty())
+        {
+            page.exhausted = false;
+            break;
+        }
+        let sequence: i64 = row.get(0)?;
+        let blob = row.get_ref(1)?.as_blob()?;
+        bytes += blob.len();
+        let mut entry = AuditEntry::decode(blob).map_err(|e| {
+            Error::Internal(format!("stored entry {sequence} does not decode: {e}"))
+        })?;
+        entry.sequence = sequence as u64;
+        page.entries.push(entry);
+    }
+    Ok(page)
+}
+
+impl From<rusqlite::types::FromSqlError> for Error {
+    fn from(error: rusqlite::types::FromSqlError) -> Self {
+        Error::Internal(error.to_string())
+    }
+}

@@ -1,0 +1,535 @@
+//! Validation of requests against the contract and the configured limits, and normalisation of
+//! entries (the fields the server fills in).
+
+use audit_proto::pb::{self, AuditEntry, Filter, Level, Outcome};
+use prost::Message;
+use prost_types::Timestamp;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::config::Limits;
+use crate::error::Violation;
+
+/// Highest gRPC status code (`UNAUTHENTICATED`).
+const MAX_STATUS_CODE: i32 = 16;
+
+/// An entry that passed validation, normalised and ready to append.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// The entry as it will be stored (sequence still 0).
+    pub entry: AuditEntry,
+    /// Digest of the entry as the client sent it (server-filled fields excluded): a retry with the
+    /// same id must carry the same content.
+    pub digest: [u8; 32],
+    /// Path of the entry in the request (`entry`, `entries[3]`), for error messages.
+    pub path: String,
+}
+
+/// What the server knows about a request, applied to each of its entries.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// When the server received the request.
+    pub received_time: Timestamp,
+    /// Who submitted the request, from the connection.
+    pub recorder: Option<pb::Recorder>,
+}
+
+/// Validates one entry at `path` (e.g. `entry`, `entries[2]`) and fills the server's fields,
+/// except `request_id` when neither the entry nor `shared_request_id` (the client's id for the
+/// whole batch) gives one: the caller generates it.
+pub fn entry(
+    mut entry: AuditEntry,
+    path: &str,
+    shared_request_id: Option<&str>,
+    context: &Context,
+    limits: &Limits,
+) -> Result<NewEntry, Vec<Violation>> {
+    let mut v = Checker {
+        path,
+        violations: Vec::new(),
+        limits,
+    };
+
+    let size = entry.encoded_len();
+    if size > limits.max_entry_bytes {
+        v.fail(
+            "",
+            format!(
+                "entry is {size} bytes, more than the limit of {} bytes",
+                limits.max_entry_bytes
+            ),
+        );
+        return Err(v.violations);
+    }
+
+    let id = if entry.id.is_empty() {
+        None
+    } else {
+        match Uuid::parse_str(&entry.id) {
+            Ok(id) if !id.is_nil() => Some(id),
+            _ => {
+                v.fail("id", "must be a UUID (or empty for a server-generated one)");
+                None
+            }
+        }
+    };
+    v.text("request_id", &entry.request_id, false);
+    if let Some(shared) = shared_request_id {
+        if entry.request_id.is_empty() {
+            entry.request_id = shared.to_string();
+        } else if entry.request_id != shared {
+            v.fail(
+                "request_id",
+                format!("must be empty or equal to the batch's request_id `{shared}`"),
+            );
+        }
+    }
+    v.text("source", &entry.source, true);
+    if v.text("method", &entry.method, true) && !is_full_method(&entry.method) {
+        v.fail(
+            "method",
+            "must be a full gRPC method, `/package.Service/Method`",
+        );
+    }
+    v.text("event", &entry.event, false);
+    v.text("category", &entry.category, false);
+    v.text("resource", &entry.resource, false);
+    if entry.status_message.len() > limits.max_status_message_bytes {
+        v.fail(
+            "status_message",
+            format!(
+                "is {} bytes, more than the limit of {}",
+                entry.status_message.len(),
+                limits.max_status_message_bytes
+            ),
+        );
+    }
+    match Level::try_from(entry.level) {
+        Ok(_) => {}
+        Err(_) => v.fail("level", format!("unknown level {}", entry.level)),
+    }
+    match Outcome::try_from(entry.outcome) {
+        Ok(Outcome::Unspecified) => v.fail(
+            "outcome",
+            "required: OUTCOME_SUCCESS, OUTCOME_DENIED or OUTCOME_ERROR",
+        ),
+        Ok(_) => {}
+        Err(_) => v.fail("outcome", format!("unknown outcome {}", entry.outcome)),
+    }
+    if !(0..=MAX_STATUS_CODE).contains(&entry.status_code) {
+        v.fail(
+            "status_code",
+            format!(
+                "{} is not a gRPC status code (0 to {MAX_STATUS_CODE})",
+                entry.status_code
+            ),
+        );
+    }
+    if let Some(time) = &entry.time
+        && timestamp_nanos(time).is_none()
+    {
+        v.fail("time", "not a valid timestamp between 1678 and 2261");
+    }
+    if let Some(latency) = &entry.latency {
+        let valid = latency.seconds >= 0
+            && (0..1_000_000_000).contains(&latency.nanos)
+            && latency.seconds <= 315_576_000_000;
+        if !valid {
+            v.fail("latency", "must be a valid non-negative duration");
+        }
+    }
+    if let Some(caller) = &entry.caller {
+        v.text("caller.principal", &caller.principal, false);
+        v.text("caller.role", &caller.role, false);
+        v.text("caller.session_id", &caller.session_id, false);
+        v.text("caller.user_agent", &caller.user_agent, false);
+        match &caller.peer {
+            Some(pb::caller::Peer::Unix(unix)) => {
+                v.text("caller.unix.binary_path", &unix.binary_path, false);
+            }
+            Some(pb::caller::Peer::Network(network)) => {
+                v.text("caller.network.address", &network.address, false);
+                v.text("caller.network.spiffe_id", &network.spiffe_id, false);
+                v.text(
+                    "caller.network.certificate_subject",
+                    &network.certificate_subject,
+                    false,
+                );
+            }
+            None => {}
+        }
+    }
+    v.labels("labels", &entry.labels);
+
+    if !v.violations.is_empty() {
+        return Err(v.violations);
+    }
+
+    // What the client sent, minus what the server owns, decides whether a retry is the same entry.
+    let id = id.unwrap_or_else(Uuid::now_v7);
+    entry.id = id.hyphenated().to_string();
+    entry.sequence = 0;
+    entry.received_time = None;
+    entry.recorder = None;
+    let digest: [u8; 32] = Sha256::digest(entry.encode_to_vec()).into();
+
+    entry.received_time = Some(context.received_time);
+    if entry.time.is_none() {
+        entry.time = Some(context.received_time);
+    }
+    if entry.level == Level::Unspecified as i32 {
+        entry.level = Level::Info as i32;
+    }
+    entry.recorder = context.recorder.clone();
+
+    Ok(NewEntry {
+        entry,
+        digest,
+        path: path.to_string(),
+    })
+}
+
+/// Validates a filter of a Query or Subscribe request; `path` is `filter`.
+pub fn filter(filter: &Filter, path: &str, limits: &Limits) -> Result<(), Vec<Violation>> {
+    let mut v = Checker {
+        path,
+        violations: Vec::new(),
+        limits,
+    };
+    v.text("request_id", &filter.request_id, false);
+    v.text("source", &filter.source, false);
+    v.text("method", &filter.method, false);
+    v.text("principal", &filter.principal, false);
+    v.text("spiffe_id", &filter.spiffe_id, false);
+    v.text("event", &filter.event, false);
+    v.text("category", &filter.category, false);
+    v.text("resource", &filter.resource, false);
+    for (i, outcome) in filter.outcomes.iter().enumerate() {
+        if !matches!(
+            Outcome::try_from(*outcome),
+            Ok(Outcome::Success | Outcome::Denied | Outcome::Error)
+        ) {
+            v.fail(
+                &format!("outcomes[{i}]"),
+                format!("unknown outcome {outcome}"),
+            );
+        }
+    }
+    for (i, code) in filter.status_codes.iter().enumerate() {
+        if !(0..=MAX_STATUS_CODE).contains(code) {
+            v.fail(
+                &format!("status_codes[{i}]"),
+                format!("{code} is not a gRPC status code (0 to {MAX_STATUS_CODE})"),
+            );
+        }
+    }
+    if Level::try_from(filter.min_level).is_err() {
+        v.fail("min_level", format!("unknown level {}", filter.min_level));
+    }
+    let start = filter.start_time.as_ref().map(timestamp_nanos);
+    let end = filter.end_time.as_ref().map(timestamp_nanos);
+    if let Some(None) = start {
+        v.fail("start_time", "not a valid timestamp between 1678 and 2261");
+    }
+    if let Some(None) = end {
+        v.fail("end_time", "not a valid timestamp between 1678 and 2261");
+    }
+    if let (Some(Some(start)), Some(Some(end))) = (start, end)
+        && start >= end
+    {
+        v.fail("end_time", "must be after start_time");
+    }
+    v.labels("labels", &filter.labels);
+    if v.violations.is_empty() {
+        Ok(())
+    } else {
+        Err(v.violations)
+    }
+}
+
+/// Nanoseconds since the Unix epoch, if the timestamp is valid and fits in an `i64`.
+pub fn timestamp_nanos(time: &Timestamp) -> Option<i64> {
+    if !(0..1_000_000_000).contains(&time.nanos) {
+        return None;
+    }
+    time.seconds
+        .checked_mul(1_000_000_000)?
+        .checked_add(i64::from(time.nanos))
+}
+
+/// The timestamp of `nanos` since the Unix epoch.
+pub fn nanos_timestamp(nanos: i64) -> Timestamp {
+    Timestamp {
+        seconds: nanos.div_euclid(1_000_000_000),
+        nanos: nanos.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+/// The current time as a protobuf timestamp.
+pub fn now() -> Timestamp {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    nanos_timestamp(nanos)
+}
+
+/// `/package.Service/Method`: a leading slash and two non-empty parts without further slashes.
+fn is_full_method(method: &str) -> bool {
+    let Some(rest) = method.strip_prefix('/') else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(service), Some(name), None) if !service.is_empty() && !name.is_empty()
+    )
+}
+
+/// Collects violations under one path.
+struct Checker<'a> {
+    path: &'a str,
+    violations: Vec<Violation>,
+    limits: &'a Limits,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, field: &str, description: impl Into<String>) {
+        let field = match (self.path, field) {
+            (path, "") => path.to_string(),
+            ("", field) => field.to_string(),
+            (path, field) => format!("{path}.{field}"),
+        };
+        self.violations.push(Violation::new(field, description));
+    }
+
+    /// Checks a string's presence and length; returns whether it is present and within limits.
+    fn text(&mut self, field: &str, value: &str, required: bool) -> bool {
+        if value.is_empty() {
+            if required {
+                self.fail(field, "required");
+            }
+            return false;
+        }
+        if value.len() > self.limits.max_field_bytes {
+            self.fail(
+                field,
+                format!(
+                    "is {} bytes, more than the limit of {}",
+                    value.len(),
+                    self.limits.max_field_bytes
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn labels(&mut self, field: &str, labels: &std::collections::BTreeMap<String, String>) {
+        if labels.len() > self.limits.max_labels {
+            self.fail(
+                field,
+                format!(
+                    "{} labels, more than the limit of {}",
+                    labels.len(),
+                    self.limits.max_labels
+                ),
+            );
+            return;
+        }
+        for (key, value) in labels {
+            if key.is_empty() {
+                self.fail(field, "label keys must not be empty");
+            } else if key.len() > self.limits.max_field_bytes
+                || value.len() > self.limits.max_field_bytes
+            {
+                self.fail(
+                    &format!("{field}[{}]", truncate(key, 64)),
+                    format!(
+                        "label key or value longer than the limit of {} bytes",
+                        self.limits.max_field_bytes
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> Context {
+        Context {
+            received_time: Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            },
+            recorder: None,
+        }
+    }
+
+    fn valid() -> AuditEntry {
+        AuditEntry {
+            source: "billing-api".into(),
+            method: "/billing.v1.Billing/Charge".into(),
+            outcome: Outcome::Success as i32,
+            ..Default::default()
+        }
+    }
+
+    fn fields(result: Result<NewEntry, Vec<Violation>>) -> Vec<String> {
+        result.unwrap_err().into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn fills_server_fields() {
+        let new = entry(valid(), "entry", None, &context(), &Limits::default()).unwrap();
+        assert_eq!(Uuid::parse_str(&new.entry.id).unwrap().get_version_num(), 7);
+        assert_eq!(new.entry.time, Some(context().received_time));
+        assert_eq!(new.entry.level, Level::Info as i32);
+    }
+
+    #[test]
+    fn digest_ignores_server_filled_fields() {
+        let mut sent = valid();
+        sent.id = "0190b5a8-0000-7000-8000-000000000001".into();
+        let first = entry(sent.clone(), "entry", None, &context(), &Limits::default()).unwrap();
+        let mut later = context();
+        later.received_time.seconds += 10;
+        let retry = entry(sent.clone(), "entry", None, &later, &Limits::default()).unwrap();
+        assert_eq!(first.digest, retry.digest);
+        sent.resource = "other".into();
+        let changed = entry(sent, "entry", None, &later, &Limits::default()).unwrap();
+        assert_ne!(first.digest, changed.digest);
+    }
+
+    #[test]
+    fn names_each_bad_field() {
+        let bad = AuditEntry {
+            id: "not-a-uuid".into(),
+            method: "NoSlash".into(),
+            status_code: 17,
+            level: 42,
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(entry(
+                bad,
+                "entries[3]",
+                None,
+                &context(),
+                &Limits::default()
+            )),
+            [
+                "entries[3].id",
+                "entries[3].source",
+                "entries[3].method",
+                "entries[3].level",
+                "entries[3].outcome",
+                "entries[3].status_code"
+            ]
+        );
+    }
+
+    #[test]
+    fn enforces_limits() {
+        let limits = Limits {
+            max_field_bytes: 8,
+            max_labels: 1,
+            ..Limits::default()
+        };
+        let mut long = valid();
+        long.source = "123456789".into();
+        long.labels.insert("a".into(), "1".into());
+        long.labels.insert("b".into(), "2".into());
+        long.method = "/a/b".into();
+        assert_eq!(
+            fields(entry(long, "entry", None, &context(), &limits)),
+            ["entry.source", "entry.labels"]
+        );
+        let big = AuditEntry {
+            resource: "x".repeat(100),
+            ..valid()
+        };
+        let limits = Limits {
+            max_entry_bytes: 64,
+            ..Limits::default()
+        };
+        assert_eq!(
+            fields(entry(big, "entry", None, &context(), &limits)),
+            ["entry"]
+        );
+    }
+
+    #[test]
+    fn batch_entries_share_the_request_id() {
+        let mut other = valid();
+        other.request_id = "other".into();
+        assert_eq!(
+            fields(entry(
+                other,
+                "entries[0]",
+                Some("r1"),
+                &context(),
+                &Limits::default()
+            )),
+            ["entries[0].request_id"]
+        );
+        let new = entry(
+            valid(),
+            "entries[1]",
+            Some("r1"),
+            &context(),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(new.entry.request_id, "r1");
+    }
+
+    #[test]
+    fn full_methods() {
+        assert!(is_full_method("/a.B/C"));
+        assert!(!is_full_method("a.B/C"));
+        assert!(!is_full_method("/a.B/"));
+        assert!(!is_full_method("//C"));
+        assert!(!is_full_method("/a/b/c"));
+    }
+
+    #[test]
+    fn filter_checks_ranges() {
+        let bad = Filter {
+            outcomes: vec![0],
+            status_codes: vec![-1],
+            start_time: Some(Timestamp {
+                seconds: 10,
+                nanos: 0,
+            }),
+            end_time: Some(Timestamp {
+                seconds: 5,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let fields: Vec<_> = filter(&bad, "filter", &Limits::default())
+            .unwrap_err()
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "filter.outcomes[0]",
+                "filter.status_codes[0]",
+                "filter.end_time"
+            ]
+        );
+    }
+}
