@@ -1,0 +1,135 @@
+//! Command-line parsing and dispatch of `audit`.
+
+mod filter;
+mod health;
+mod output;
+mod query;
+mod record;
+mod tail;
+
+use std::process::ExitCode;
+
+use audit_client::{Client, render};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Tail, query and record entries of an audit service, and check its health.
+///
+/// Audit output goes to stdout (one line per entry); errors go to stderr. The exit status is 0
+/// on success, 1 on any error (including an unhealthy or unreachable server), 2 on bad usage.
+#[derive(Debug, Parser)]
+#[command(name = "audit", version, propagate_version = true)]
+pub struct Cli {
+    /// Address of the audit server.
+    #[arg(
+        long,
+        global = true,
+        env = "AUDIT_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URI"
+    )]
+    server: String,
+    /// When to colour human-readable output: `auto` colours only when stdout is a terminal and
+    /// NO_COLOR is unset.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    color: ColorChoice,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Tail(tail::TailArgs),
+    Query(query::QueryArgs),
+    Record(record::RecordArgs),
+    Health(health::HealthArgs),
+}
+
+/// When to colour output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorChoice {
+    /// Colour when stdout is a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+impl ColorChoice {
+    fn enabled(self) -> bool {
+        match self {
+            ColorChoice::Auto => render::stdout_wants_color(),
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+        }
+    }
+}
+
+/// Parses the command line, runs the command, and turns its result into an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("audit: error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            // Messages may quote the server; escape them like any other untrusted text.
+            eprintln!("audit: error: {}", render::escape(&format!("{error:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let color = cli.color.enabled();
+    let connect = || Client::connect(cli.server.clone());
+    match cli.command {
+        Command::Tail(args) => tail::run(connect().await?, args, color).await,
+        Command::Query(args) => query::run(connect().await?, args, color).await,
+        Command::Record(args) => record::run(connect().await?, args).await,
+        Command::Health(args) => health::run(connect().await?, args).await,
+    }
+}
+
+/// Library logs (reconnections of `audit tail`) go to stderr, at `warn` unless `RUST_LOG` says
+/// otherwise.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn server_defaults_to_localhost() {
+        let cli = Cli::try_parse_from(["audit", "health"]).unwrap();
+        // AUDIT_SERVER may be set in the environment running the tests.
+        if std::env::var_os("AUDIT_SERVER").is_none() {
+            assert_eq!(cli.server, "http://127.0.0.1:50051");
+        }
+        let cli = Cli::try_parse_from(["audit", "health", "--server", "http://h:1"]).unwrap();
+        assert_eq!(cli.server, "http://h:1");
+    }
+}

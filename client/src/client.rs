@@ -1,0 +1,195 @@
+//! [`Client`]: typed calls to the audit service.
+
+use std::time::Duration;
+
+use audit_proto::pb;
+use pb::audit_service_client::AuditServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::{
+    Error,
+    query::{EntryStream, QueryOptions, query_stream},
+    subscribe::{RetryPolicy, Start, Subscription},
+};
+
+pub use tonic_health::pb::health_check_response::ServingStatus;
+
+/// How long connecting to the server may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on idle connections, so a subscription notices a peer that vanished without
+/// closing the connection (a partition, a killed machine) instead of waiting forever.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of the audit service. Cheap to clone; clones share one connection.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), audit_client::Error> {
+/// use audit_client::{Client, EntryBuilder, pb::Outcome};
+///
+/// let client = Client::connect("http://127.0.0.1:50051").await?;
+/// let receipt = client
+///     .record(EntryBuilder::new("billing-api", "/billing.v1.Billing/Charge").outcome(Outcome::Success))
+///     .await?;
+/// println!("stored as #{}", receipt.sequence);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    audit: AuditServiceClient<Channel>,
+    health: HealthClient<Channel>,
+}
+
+impl Client {
+    /// Connects to the server at `uri` (`http://host:port`; `host:port` is taken as `http://`).
+    /// Fails when the address is invalid or the server cannot be reached within 5 seconds. The
+    /// connection is re-established automatically after it drops.
+    pub async fn connect(uri: impl Into<String>) -> Result<Self, Error> {
+        let (uri, endpoint) = endpoint(uri.into())?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| Error::Connect { uri, source })?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Like [`Client::connect`], but connects on the first call instead of now, so it only fails
+    /// for an invalid address.
+    pub fn connect_lazy(uri: impl Into<String>) -> Result<Self, Error> {
+        let (_, endpoint) = endpoint(uri.into())?;
+        Ok(Self::from_channel(endpoint.connect_lazy()))
+    }
+
+    /// Uses an existing channel (for TLS, custom timeouts, or a Unix socket connector).
+    pub fn from_channel(channel: Channel) -> Self {
+        Client {
+            audit: AuditServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
+        }
+    }
+
+    /// The generated client, for calls this type does not wrap.
+    pub fn raw(&self) -> AuditServiceClient<Channel> {
+        self.audit.clone()
+    }
+
+    /// Records one entry. An answer means the entry is durable; the receipt holds its id and
+    /// sequence. Invalid entries fail with `INVALID_ARGUMENT`, see [`Error::field_violations`].
+    pub async fn record(
+        &self,
+        entry: impl Into<pb::AuditEntry>,
+    ) -> Result<pb::RecordResponse, Error> {
+        let request = pb::RecordRequest {
+            entry: Some(entry.into()),
+        };
+        Ok(self.audit.clone().record(request).await?.into_inner())
+    }
+
+    /// Records the entries of one call atomically: all are stored, or none. They share
+    /// `request_id` (the server generates one when it is empty). The receipt lists ids and
+    /// sequences in request order.
+    pub async fn record_batch<E: Into<pb::AuditEntry>>(
+        &self,
+        request_id: impl Into<String>,
+        entries: impl IntoIterator<Item = E>,
+    ) -> Result<pb::RecordBatchResponse, Error> {
+        let request = pb::RecordBatchRequest {
+            request_id: request_id.into(),
+            entries: entries.into_iter().map(Into::into).collect(),
+        };
+        Ok(self.audit.clone().record_batch(request).await?.into_inner())
+    }
+
+    /// Subscribes to entries matching `filter` from `start`, resuming after drops with the
+    /// default [`RetryPolicy`]. See [`Subscription`].
+    pub fn subscribe(&self, filter: pb::Filter, start: Start) -> Subscription {
+        self.subscribe_with(filter, start, RetryPolicy::default())
+    }
+
+    /// Subscribes to entries matching `filter` from `start`, resuming after drops as `policy`
+    /// says. See [`Subscription`].
+    pub fn subscribe_with(
+        &self,
+        filter: pb::Filter,
+        start: Start,
+        policy: RetryPolicy,
+    ) -> Subscription {
+        Subscription::new(self.audit.clone(), filter, start, policy)
+    }
+
+    /// Queries one page. Most callers want [`Client::query`], which follows page tokens.
+    pub async fn query_page(&self, request: pb::QueryRequest) -> Result<pb::QueryResponse, Error> {
+        Ok(self.audit.clone().query(request).await?.into_inner())
+    }
+
+    /// Queries entries matching `filter`, following page tokens until the last page or
+    /// `options`' limit. The stream ends after its first error.
+    pub fn query(&self, filter: pb::Filter, options: QueryOptions) -> EntryStream {
+        query_stream(self.audit.clone(), filter, options)
+    }
+
+    /// The health of `service` (`""` for the whole server, [`audit_proto::SERVICE_NAME`] for the
+    /// audit service), as reported by `grpc.health.v1.Health/Check`. A service the server does
+    /// not know is [`ServingStatus::ServiceUnknown`].
+    pub async fn health(&self, service: &str) -> Result<ServingStatus, Error> {
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        match self.health.clone().check(request).await {
+            Ok(response) => Ok(ServingStatus::try_from(response.into_inner().status)
+                .unwrap_or(ServingStatus::Unknown)),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                Ok(ServingStatus::ServiceUnknown)
+            }
+            Err(status) => Err(status.into()),
+        }
+    }
+}
+
+/// Parses `uri` (adding `http://` when it has no scheme) into an endpoint with our timeouts.
+fn endpoint(uri: String) -> Result<(String, Endpoint), Error> {
+    let uri = if uri.contains("://") {
+        uri
+    } else {
+        format!("http://{uri}")
+    };
+    let endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|source| Error::InvalidUri {
+            uri: uri.clone(),
+            source,
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    Ok((uri, endpoint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_missing_scheme() {
+        let (uri, _) = endpoint("127.0.0.1:50051".into()).unwrap();
+        assert_eq!(uri, "http://127.0.0.1:50051");
+        let (uri, _) = endpoint("https://audit.example:443".into()).unwrap();
+        assert_eq!(uri, "https://audit.example:443");
+    }
+
+    #[test]
+    fn refuses_invalid_uri() {
+        let err = Client::connect_lazy("http://exa mple").unwrap_err();
+        assert!(matches!(err, Error::InvalidUri { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_connect_error() {
+        // Port 1 on localhost: nothing listens there, so the connection is refused at once.
+        let err = Client::connect("http://127.0.0.1:1").await.unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    }
+}

@@ -1,0 +1,224 @@
+//! Proto3 JSON for audit messages, in both directions.
+//!
+//! The mapping is the canonical one (`lowerCamelCase` names, enum names, 64-bit integers as
+//! strings, RFC 3339 timestamps, `details` as a JSON object), so `json_format` parsers of other
+//! languages read what this module writes, and this module reads what they write (including the
+//! original `snake_case` field names). Unknown fields are refused, so typos do not pass silently.
+//!
+//! Output is safe to print: besides the C0 controls JSON already escapes, DEL, C1 controls, the
+//! Unicode line and paragraph separators and the bidi controls are written as `\uXXXX` escapes.
+
+use std::sync::LazyLock;
+
+use audit_proto::pb;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+
+use crate::{Error, render::is_unsafe_char};
+
+/// A generated message with proto3 JSON support through the descriptor set of `audit.v1`.
+pub trait JsonMessage: prost::Message + Default {
+    /// The full protobuf name of the message, for example `audit.v1.AuditEntry`.
+    const FULL_NAME: &'static str;
+}
+
+macro_rules! json_messages {
+    ($($ty:ty => $name:literal),* $(,)?) => {
+        $(impl JsonMessage for $ty {
+            const FULL_NAME: &'static str = $name;
+        })*
+    };
+}
+
+json_messages! {
+    pb::AuditEntry => "audit.v1.AuditEntry",
+    pb::Filter => "audit.v1.Filter",
+    pb::RecordRequest => "audit.v1.RecordRequest",
+    pb::RecordResponse => "audit.v1.RecordResponse",
+    pb::RecordBatchRequest => "audit.v1.RecordBatchRequest",
+    pb::RecordBatchResponse => "audit.v1.RecordBatchResponse",
+    pb::SubscribeRequest => "audit.v1.SubscribeRequest",
+    pb::SubscribeResponse => "audit.v1.SubscribeResponse",
+    pb::Heartbeat => "audit.v1.Heartbeat",
+    pb::QueryRequest => "audit.v1.QueryRequest",
+    pb::QueryResponse => "audit.v1.QueryResponse",
+    prost_types::Struct => "google.protobuf.Struct",
+}
+
+/// The descriptors of `audit.v1`, decoded once.
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(audit_proto::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set built with audit-proto is valid")
+});
+
+fn descriptor<M: JsonMessage>() -> MessageDescriptor {
+    POOL.get_message_by_name(M::FULL_NAME)
+        .unwrap_or_else(|| panic!("{} is in the audit.v1 descriptor set", M::FULL_NAME))
+}
+
+/// Writes `message` as one line of proto3 JSON (no trailing newline).
+pub fn to_json<M: JsonMessage>(message: &M) -> Result<String, Error> {
+    let mut dynamic = DynamicMessage::new(descriptor::<M>());
+    dynamic.transcode_from(message)?;
+    let text = serde_json::to_string(&dynamic)?;
+    Ok(escape_json_text(text))
+}
+
+/// Reads a message from proto3 JSON text.
+pub fn from_json<M: JsonMessage>(text: &str) -> Result<M, Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let dynamic = DynamicMessage::deserialize(descriptor::<M>(), &mut deserializer)?;
+    deserializer.end()?;
+    Ok(dynamic.transcode_to()?)
+}
+
+/// Reads a message from an already parsed JSON value.
+pub fn from_json_value<M: JsonMessage>(value: serde_json::Value) -> Result<M, Error> {
+    let dynamic = DynamicMessage::deserialize(descriptor::<M>(), value)?;
+    Ok(dynamic.transcode_to()?)
+}
+
+/// Reads entries from proto3 JSON: an object is one entry, an array is a batch. The result says
+/// which it was, so a caller can send one `Record` or one `RecordBatch`.
+pub fn entries_from_json(text: &str) -> Result<JsonEntries, Error> {
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    match value {
+        serde_json::Value::Object(_) => Ok(JsonEntries::One(Box::new(from_json_value(value)?))),
+        serde_json::Value::Array(items) => {
+            if items.is_empty() {
+                return Err(Error::Input("the array holds no entries".into()));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    from_json_value(item).map_err(|e| Error::Input(format!("entry [{i}]: {e}")))
+                })
+                .collect::<Result<_, _>>()
+                .map(JsonEntries::Batch)
+        }
+        _ => Err(Error::Input(
+            "expected a JSON object (one entry) or an array of objects (a batch)".into(),
+        )),
+    }
+}
+
+/// Entries read by [`entries_from_json`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonEntries {
+    /// A JSON object: one entry.
+    One(Box<pb::AuditEntry>),
+    /// A JSON array: the entries of one batch.
+    Batch(Vec<pb::AuditEntry>),
+}
+
+/// Escapes the [unsafe characters](is_unsafe_char) serde_json leaves as they are (DEL, C1, line
+/// separators, bidi controls; it escapes C0 itself). They can only occur inside JSON strings,
+/// where `\uXXXX` is equivalent, so the document keeps its meaning.
+fn escape_json_text(text: String) -> String {
+    if !text.chars().any(is_unsafe_char) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_unsafe_char(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EntryBuilder;
+    use std::time::{Duration, SystemTime};
+
+    fn sample() -> pb::AuditEntry {
+        let mut entry = EntryBuilder::new("billing-api", "/billing.v1.Billing/Charge")
+            .id("0193a1b2-0000-7000-8000-000000000001")
+            .time(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+            .outcome(pb::Outcome::Denied)
+            .status(tonic::Code::PermissionDenied, "no\nway")
+            .principal("alice")
+            .peer_address("127.0.0.1:5555")
+            .latency(Duration::from_millis(250))
+            .detail("amount", 12.5)
+            .label("k", "v")
+            .build();
+        entry.sequence = 42;
+        entry
+    }
+
+    #[test]
+    fn entry_round_trips() {
+        let entry = sample();
+        let text = to_json(&entry).unwrap();
+        assert!(!text.contains('\n'), "{text}");
+        let back: pb::AuditEntry = from_json(&text).unwrap();
+        assert_eq!(back, entry);
+    }
+
+    #[test]
+    fn writes_canonical_proto3_json() {
+        let text = to_json(&sample()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["sequence"], "42");
+        assert_eq!(value["outcome"], "OUTCOME_DENIED");
+        assert_eq!(value["statusCode"], 7);
+        assert_eq!(value["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(value["latency"], "0.250s");
+        assert_eq!(value["caller"]["network"]["address"], "127.0.0.1:5555");
+        assert_eq!(value["details"]["amount"], 12.5);
+        assert_eq!(value["labels"]["k"], "v");
+        assert!(value.get("level").is_none(), "defaults are omitted");
+    }
+
+    #[test]
+    fn reads_snake_case_and_enum_numbers() {
+        let entry: pb::AuditEntry = from_json(
+            r#"{"source":"s","method":"/p.S/M","outcome":2,"status_code":7,
+                "caller":{"principal":"bob"},"labels":{"a":"b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(entry.outcome, pb::Outcome::Denied as i32);
+        assert_eq!(entry.status_code, 7);
+        assert_eq!(entry.caller.unwrap().principal, "bob");
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_trailing_text() {
+        assert!(from_json::<pb::AuditEntry>(r#"{"sauce":"s"}"#).is_err());
+        assert!(from_json::<pb::AuditEntry>(r#"{"source":"s"} x"#).is_err());
+    }
+
+    #[test]
+    fn object_is_one_entry_array_is_a_batch() {
+        match entries_from_json(r#"{"source":"a","method":"/p.S/M"}"#).unwrap() {
+            JsonEntries::One(e) => assert_eq!(e.source, "a"),
+            other => panic!("{other:?}"),
+        }
+        match entries_from_json(r#"[{"source":"a"},{"source":"b"}]"#).unwrap() {
+            JsonEntries::Batch(v) => assert_eq!(v.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        let err = entries_from_json(r#"[{"source":"a"},{"nope":1}]"#).unwrap_err();
+        assert!(err.to_string().contains("entry [1]"), "{err}");
+        assert!(entries_from_json("[]").is_err());
+        assert!(entries_from_json("42").is_err());
+    }
+
+    #[test]
+    fn output_escapes_dangerous_characters() {
+        let entry =
+            EntryBuilder::new("s\u{2028}x\u{9b}y\u{202e}z\u{7f}", "/p.S/M\n\u{1b}[2J").build();
+        let text = to_json(&entry).unwrap();
+        for bad in ['\n', '\u{1b}', '\u{2028}', '\u{9b}', '\u{202e}', '\u{7f}'] {
+            assert!(!text.contains(bad), "{bad:?} in {text}");
+        }
+        assert!(text.contains(r"\u2028"), "{text}");
+        let back: pb::AuditEntry = from_json(&text).unwrap();
+        assert_eq!(back, entry);
+    }
+}
