@@ -1,1 +1,198 @@
-//! Harness for end-to-end tests.
+//! Harness for the end-to-end tests: starts the real `audit-server` binary on `127.0.0.1:0`
+//! with a data directory of its own, and connects the real client to it.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, which the project's test
+//! script does); set `AUDIT_BIN_DIR` to use binaries from elsewhere.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use audit_client::{Client, EntryBuilder, pb};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a server may take to start or stop before a test fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Path of a binary built from this workspace (`audit-server`, `audit`).
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("AUDIT_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // Test executables live in target/<profile>/deps; binaries one level up.
+            let exe = std::env::current_exe().expect("test executable path");
+            let deps = exe.parent().expect("deps dir");
+            deps.parent().expect("profile dir").to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (or set AUDIT_BIN_DIR)",
+        path.display()
+    );
+    path
+}
+
+/// A running `audit-server` process.
+pub struct TestServer {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    _temp: Option<TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh temporary data directory.
+    pub async fn start() -> Self {
+        Self::start_with_args(&[]).await
+    }
+
+    /// Starts a server with a fresh temporary data directory and extra flags.
+    pub async fn start_with_args(args: &[&str]) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut server = Self::start_in(&data_dir, args).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts a server on an existing (or new) data directory; the caller keeps it alive.
+    pub async fn start_in(data_dir: &Path, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut child = Command::new(binary("audit-server"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&args)
+            .env("AUDIT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start audit-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("audit-server printed its address in time")
+            .expect("read audit-server stdout")
+            .expect("audit-server exited before listening");
+        let addr = line
+            .strip_prefix("audit-server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .parse()
+            .expect("listen address");
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            args,
+            _temp: None,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.uri())
+            .await
+            .expect("connect to audit-server")
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("server still running")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn stop(mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait().await
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and waits for it.
+    pub async fn kill(mut self) {
+        self.signal(Signal::SIGKILL);
+        self.wait().await;
+    }
+
+    /// Stops the server with SIGTERM and starts a new one on the same data directory and flags.
+    pub async fn restart(mut self) -> Self {
+        let temp = self._temp.take();
+        let data_dir = self.data_dir.clone();
+        let args = self.args.clone();
+        let status = self.stop().await;
+        assert!(status.success(), "server exited with {status}");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Self::start_in(&data_dir, &args).await;
+        server._temp = temp;
+        server
+    }
+
+    /// Kills the server with SIGKILL and starts a new one on the same data directory and flags.
+    pub async fn crash_and_restart(mut self) -> Self {
+        let temp = self._temp.take();
+        let data_dir = self.data_dir.clone();
+        let args = self.args.clone();
+        self.kill().await;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Self::start_in(&data_dir, &args).await;
+        server._temp = temp;
+        server
+    }
+
+    /// Takes the temporary data directory out, so it outlives this server.
+    pub fn keep_data_dir(&mut self) -> Option<TempDir> {
+        self._temp.take()
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), signal);
+        }
+    }
+
+    async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("audit-server exited in time")
+            .expect("wait for audit-server")
+    }
+}
+
+/// A valid entry from `source` for `method`, with outcome SUCCESS.
+pub fn entry(source: &str, method: &str) -> EntryBuilder {
+    EntryBuilder::new(source, method).outcome(pb::Outcome::Success)
+}
+
+/// Every entry in the log, oldest first.
+pub async fn all_entries(client: &Client) -> Vec<pb::AuditEntry> {
+    query(client, pb::Filter::default()).await
+}
+
+/// Every entry matching `filter`, oldest first.
+pub async fn query(client: &Client, filter: pb::Filter) -> Vec<pb::AuditEntry> {
+    use futures::TryStreamExt;
+    client
+        .query(filter, audit_client::QueryOptions::new())
+        .try_collect()
+        .await
+        .expect("query")
+}
