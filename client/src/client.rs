@@ -50,7 +50,7 @@ impl Client {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|source| Error::Connect { uri, source })?;
+            .map_err(|error| Error::Connect { uri, error })?;
         Ok(Self::from_channel(channel))
     }
 
@@ -155,9 +155,9 @@ fn endpoint(uri: String) -> Result<(String, Endpoint), Error> {
         format!("http://{uri}")
     };
     let endpoint = Endpoint::from_shared(uri.clone())
-        .map_err(|source| Error::InvalidUri {
+        .map_err(|error| Error::InvalidUri {
             uri: uri.clone(),
-            source,
+            error,
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)

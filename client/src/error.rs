@@ -12,22 +12,21 @@ use crate::code::code_name;
 #[non_exhaustive]
 pub enum Error {
     /// The server address is not a valid URI.
-    #[error("invalid server address {uri:?}: {source}")]
+    #[error("invalid server address {uri:?}: {}", root_cause(error))]
     InvalidUri {
         /// The address as given.
         uri: String,
-        /// Why it was refused.
-        #[source]
-        source: tonic::transport::Error,
+        /// Why it was refused. Not reported as `source()`: the message already names the root
+        /// cause, and tonic's chain repeats itself.
+        error: tonic::transport::Error,
     },
     /// The server could not be reached.
-    #[error("cannot connect to {uri}: {}", transport_chain(source))]
+    #[error("cannot connect to {uri}: {}", root_cause(error))]
     Connect {
         /// The address of the server.
         uri: String,
-        /// The transport failure.
-        #[source]
-        source: tonic::transport::Error,
+        /// The transport failure; like [`Error::InvalidUri`]'s, not reported as `source()`.
+        error: tonic::transport::Error,
     },
     /// The server answered with a gRPC error. Boxed because `tonic::Status` is large and would
     /// make every `Result` in the crate large with it.
@@ -130,11 +129,18 @@ impl fmt::Display for StatusDisplay<'_> {
             write!(f, ": {}", status.message())?;
         }
         if let Some(bad) = status.get_details_bad_request() {
-            for (i, v) in bad.field_violations.iter().enumerate() {
-                let sep = if i == 0 { " (" } else { "; " };
-                write!(f, "{sep}{}: {}", v.field, v.description)?;
+            // Servers often repeat the violations in the message; show only what it lacks.
+            let mut first = true;
+            for v in &bad.field_violations {
+                let violation = format!("{}: {}", v.field, v.description);
+                if status.message().contains(&violation) {
+                    continue;
+                }
+                f.write_str(if first { " (" } else { "; " })?;
+                f.write_str(&violation)?;
+                first = false;
             }
-            if !bad.field_violations.is_empty() {
+            if !first {
                 f.write_str(")")?;
             }
         }
@@ -142,17 +148,14 @@ impl fmt::Display for StatusDisplay<'_> {
     }
 }
 
-/// A transport error with its causes (`transport error: tcp connect error: Connection refused`),
-/// since the top-level message alone rarely says what went wrong.
-fn transport_chain(error: &tonic::transport::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// The innermost cause of a transport error (`Connection refused (os error 111)`): the layers
+/// above it (`transport error`, `tcp connect error`) say little.
+fn root_cause(error: &tonic::transport::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
     }
-    text
+    cause.to_string()
 }
 
 #[cfg(test)]
@@ -178,6 +181,22 @@ mod tests {
                 "entries[3].method".to_string(),
                 "must not be empty".to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn status_display_does_not_repeat_the_message() {
+        let mut details = ErrorDetails::new();
+        details.add_bad_request_violation("entry.source", "required");
+        details.add_bad_request_violation("entry.method", "required");
+        let status = tonic::Status::with_error_details(
+            Code::InvalidArgument,
+            "entry.source: required",
+            details,
+        );
+        assert_eq!(
+            Error::from(status).to_string(),
+            "INVALID_ARGUMENT: entry.source: required (entry.method: required)"
         );
     }
 

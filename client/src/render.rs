@@ -1,7 +1,7 @@
 //! One readable line per entry, safe to print on a terminal.
 //!
 //! ```text
-//! 2026-11-22T10:00:00.123Z  #42      SUCCESS  OK                   alice@127.0.0.1:5555  /pkg.Svc/Method  keys/k1
+//! 2026-11-22T10:00:00.123Z  #42       SUCCESS  OK                   alice@127.0.0.1:5555   /pkg.Svc/Method               keys/k1
 //! ```
 //!
 //! Columns: time (caller time, else receive time), sequence, outcome, status code, caller,
@@ -113,7 +113,7 @@ pub fn render_line(entry: &pb::AuditEntry, color: bool) -> String {
     column(outcome_name(outcome), 7, outcome_color);
     column(&status_name(entry.status_code), 19, status_color);
     column(&render_caller(entry.caller.as_ref()), 21, CYAN);
-    column(&entry.method, 0, BOLD);
+    column(&entry.method, 28, BOLD);
     column(&entry.resource, 0, "");
     line.truncate(line.trim_end_matches(' ').len());
     line
@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(
             render_line(&sample(), false),
             "2026-11-22T10:00:00.123Z  #42       SUCCESS  OK                   \
-             alice@127.0.0.1:5555   /pkg.Svc/Method  keys/k1"
+             alice@127.0.0.1:5555   /pkg.Svc/Method               keys/k1"
         );
         let mut denied = sample();
         denied.outcome = pb::Outcome::Denied as i32;
@@ -251,7 +251,7 @@ mod tests {
         assert_eq!(
             render_line(&denied, false),
             "2026-11-22T10:00:00.000Z  #43       DENIED   PERMISSION_DENIED    \
-             -                      /pkg.Svc/Method  -"
+             -                      /pkg.Svc/Method               -"
         );
     }
 

@@ -253,15 +253,16 @@ fn run(
                 yield Err(failure.unwrap_or(Error::SubscriptionEnded { attempts: failures }));
                 return;
             }
+            let resume = match progress.get() {
+                Some(sequence) => format!("after #{sequence}"),
+                None => "from the start position".to_string(),
+            };
             match &failure {
                 Some(error) => tracing::warn!(
-                    "subscription dropped ({error}); resuming after {:?} in {backoff:?}",
-                    progress.get()
+                    "subscription dropped ({}); resuming {resume} in {backoff:?}",
+                    crate::render::escape(&error.to_string())
                 ),
-                None => tracing::info!(
-                    "server ended the subscription; resuming after {:?} in {backoff:?}",
-                    progress.get()
-                ),
+                None => tracing::info!("server ended the subscription; resuming {resume} in {backoff:?}"),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(policy.max_backoff);

@@ -7,6 +7,7 @@ mod query;
 mod record;
 mod tail;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use audit_client::{Client, render};
@@ -83,7 +84,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // Messages may quote the server; escape them like any other untrusted text.
-            eprintln!("audit: error: {}", render::escape(&format!("{error:#}")));
+            eprintln!("audit: error: {}", render::escape(&error_message(&error)));
             ExitCode::FAILURE
         }
     }
@@ -100,6 +101,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes, joined by `: `, leaving out causes the text already says (error
+/// types that show their source in their own message).
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 /// Library logs (reconnections of `audit tail`) go to stderr, at `warn` unless `RUST_LOG` says
 /// otherwise.
 fn init_tracing() {
@@ -108,6 +126,8 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
         .with_target(false)
         .init();
 }
@@ -120,6 +140,16 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn error_message_skips_repeated_causes() {
+        let json = serde_json::from_str::<serde_json::Value>("nope").unwrap_err();
+        let error = anyhow::Error::new(audit_client::Error::from(json)).context("cannot read");
+        assert_eq!(
+            error_message(&error),
+            "cannot read: invalid JSON: expected ident at line 1 column 2"
+        );
     }
 
     #[test]
