@@ -69,10 +69,14 @@ impl TestServer {
 
     /// Starts a server on an existing (or new) data directory; the caller keeps it alive.
     pub async fn start_in(data_dir: &Path, args: &[&str]) -> Self {
+        Self::launch(data_dir, "127.0.0.1:0", args).await
+    }
+
+    async fn launch(data_dir: &Path, listen: &str, args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut child = Command::new(binary("audit-server"))
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(&args)
@@ -133,28 +137,27 @@ impl TestServer {
         self.wait().await;
     }
 
-    /// Stops the server with SIGTERM and starts a new one on the same data directory and flags.
+    /// Stops the server with SIGTERM (it must exit 0) and starts a new one on the same address,
+    /// data directory and flags.
     pub async fn restart(mut self) -> Self {
-        let temp = self._temp.take();
-        let data_dir = self.data_dir.clone();
-        let args = self.args.clone();
-        let status = self.stop().await;
+        self.signal(Signal::SIGTERM);
+        let status = self.wait().await;
         assert!(status.success(), "server exited with {status}");
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut server = Self::start_in(&data_dir, &args).await;
-        server._temp = temp;
-        server
+        self.relaunch().await
     }
 
-    /// Kills the server with SIGKILL and starts a new one on the same data directory and flags.
+    /// Kills the server with SIGKILL and starts a new one on the same address, data directory
+    /// and flags.
     pub async fn crash_and_restart(mut self) -> Self {
-        let temp = self._temp.take();
-        let data_dir = self.data_dir.clone();
-        let args = self.args.clone();
-        self.kill().await;
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut server = Self::start_in(&data_dir, &args).await;
-        server._temp = temp;
+        self.signal(Signal::SIGKILL);
+        self.wait().await;
+        self.relaunch().await
+    }
+
+    async fn relaunch(mut self) -> Self {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut server = Self::launch(&self.data_dir, &self.addr.to_string(), &args).await;
+        server._temp = self._temp.take();
         server
     }
 
