@@ -105,6 +105,75 @@ pub(crate) fn query_stream(
 mod tests {
     use super::*;
 
+    use crate::fake::{Fake, serve};
+    use futures::TryStreamExt as _;
+    use std::sync::Arc;
+
+    fn fake_with_log(entries: u64) -> Arc<Fake> {
+        let log = (1..=entries)
+            .map(|sequence| pb::AuditEntry {
+                sequence,
+                ..Default::default()
+            })
+            .collect();
+        Arc::new(Fake {
+            log,
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn follows_page_tokens_to_the_end() {
+        let fake = fake_with_log(25);
+        let client = serve(fake.clone()).await;
+        let filter = pb::Filter {
+            source: "s".into(),
+            ..Default::default()
+        };
+        let entries: Vec<_> = client
+            .query(
+                filter.clone(),
+                QueryOptions::new().order(pb::Order::Descending),
+            )
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 25);
+        assert_eq!(entries.last().unwrap().sequence, 25);
+        let queries = fake.queries.lock().unwrap();
+        let tokens: Vec<_> = queries.iter().map(|q| q.page_token.as_str()).collect();
+        assert_eq!(tokens, ["", "10", "20"]);
+        assert!(
+            queries
+                .iter()
+                .all(|q| q.filter.as_ref() == Some(&filter)
+                    && q.order == pb::Order::Descending as i32)
+        );
+    }
+
+    #[tokio::test]
+    async fn stops_at_the_limit() {
+        let fake = fake_with_log(25);
+        let client = serve(fake.clone()).await;
+        let entries: Vec<_> = client
+            .query(
+                pb::Filter::default(),
+                QueryOptions::new().page_size(10).limit(12),
+            )
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 12);
+        let sizes: Vec<_> = fake
+            .queries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|q| q.page_size)
+            .collect();
+        assert_eq!(sizes, [10, 2]);
+    }
+
     #[test]
     fn page_size_never_exceeds_what_is_left() {
         let options = QueryOptions::new();

@@ -293,6 +293,110 @@ mod tests {
         assert_eq!(progress.get(), Some(42));
     }
 
+    use crate::fake::{Episode, Fake, entry, heartbeat, serve};
+    use futures::StreamExt as _;
+
+    fn fast(max: Option<u32>) -> RetryPolicy {
+        RetryPolicy::default()
+            .backoff(Duration::from_millis(1), Duration::from_millis(4))
+            .max_consecutive_failures(max)
+    }
+
+    fn after(sequence: u64) -> Option<pb::StartPosition> {
+        Start::AfterSequence(sequence).to_proto()
+    }
+
+    #[tokio::test]
+    async fn resumes_without_gap_or_duplicate() {
+        let fake = Arc::new(Fake::default());
+        fake.episodes.lock().unwrap().extend([
+            Episode {
+                messages: vec![entry(1), entry(2)],
+                end: Some(tonic::Status::unavailable("gone")),
+            },
+            // A replay overlapping what was seen, then a heartbeat past it, then a clean end
+            // (a server shutting down).
+            Episode {
+                messages: vec![entry(2), entry(3), heartbeat(5)],
+                end: None,
+            },
+            Episode {
+                messages: vec![entry(6)],
+                end: None,
+            },
+        ]);
+        let client = serve(fake.clone()).await;
+        let mut subscription = client.subscribe_with(
+            pb::Filter::default(),
+            Start::AfterSequence(0),
+            fast(Some(3)),
+        );
+        let mut sequences = Vec::new();
+        for _ in 0..4 {
+            sequences.push(subscription.next().await.unwrap().unwrap().sequence);
+        }
+        assert_eq!(sequences, [1, 2, 3, 6]);
+        assert_eq!(subscription.resume_after(), Some(6));
+        assert_eq!(*fake.starts.lock().unwrap(), [after(0), after(2), after(5)]);
+    }
+
+    #[tokio::test]
+    async fn starts_now_until_a_position_is_known() {
+        let fake = Arc::new(Fake::default());
+        fake.episodes.lock().unwrap().extend([
+            Episode {
+                messages: vec![],
+                end: Some(tonic::Status::unavailable("gone")),
+            },
+            Episode {
+                messages: vec![heartbeat(9)],
+                end: Some(tonic::Status::unavailable("gone")),
+            },
+            Episode {
+                messages: vec![entry(10)],
+                end: None,
+            },
+        ]);
+        let client = serve(fake.clone()).await;
+        let mut subscription = client.subscribe_with(pb::Filter::default(), Start::Now, fast(None));
+        assert_eq!(subscription.resume_after(), None);
+        assert_eq!(subscription.next().await.unwrap().unwrap().sequence, 10);
+        assert_eq!(*fake.starts.lock().unwrap(), [None, None, after(9)]);
+    }
+
+    #[tokio::test]
+    async fn refusals_end_the_stream() {
+        let fake = Arc::new(Fake::default());
+        fake.episodes.lock().unwrap().push_back(Episode {
+            messages: vec![],
+            end: Some(tonic::Status::permission_denied("not you")),
+        });
+        let client = serve(fake.clone()).await;
+        let mut subscription = client.subscribe_with(pb::Filter::default(), Start::Now, fast(None));
+        let error = subscription.next().await.unwrap().unwrap_err();
+        assert_eq!(error.code(), Some(tonic::Code::PermissionDenied));
+        assert!(subscription.next().await.is_none());
+        assert_eq!(fake.starts.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_consecutive_failures() {
+        let fake = Arc::new(Fake::default());
+        for _ in 0..5 {
+            fake.episodes.lock().unwrap().push_back(Episode {
+                messages: vec![],
+                end: Some(tonic::Status::resource_exhausted("too many subscribers")),
+            });
+        }
+        let client = serve(fake.clone()).await;
+        let mut subscription =
+            client.subscribe_with(pb::Filter::default(), Start::Now, fast(Some(2)));
+        let error = subscription.next().await.unwrap().unwrap_err();
+        assert_eq!(error.code(), Some(tonic::Code::ResourceExhausted));
+        assert!(subscription.next().await.is_none());
+        assert_eq!(fake.starts.lock().unwrap().len(), 3);
+    }
+
     #[test]
     fn policies() {
         assert_eq!(RetryPolicy::unlimited().max_consecutive_failures, None);
