@@ -42,66 +42,90 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let limits = Arc::new(config.limits.clone());
-    let store = SqliteStore::open(
-        &config.data_dir,
-        &store::sqlite::Options {
-            write_queue: limits.write_queue,
-            max_group_entries: limits.max_group_entries,
-            read_connections: limits.read_connections,
-        },
-    )?;
+    AuditServer::open(config)?.serve(listener, shutdown).await
+}
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(follow_store_health(store.writable(), health.clone()));
+/// A server whose store is open, ready to serve.
+pub struct AuditServer {
+    limits: Arc<Limits>,
+    store: SqliteStore,
+}
 
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(audit_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_error = |e| Error::Internal(format!("reflection: {e}"));
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+impl AuditServer {
+    /// Opens the store in `config.data_dir`: fails at once if it cannot be written or another
+    /// server holds it.
+    pub fn open(config: Config) -> Result<Self, Error> {
+        let limits = Arc::new(config.limits);
+        let store = SqliteStore::open(
+            &config.data_dir,
+            &store::sqlite::Options {
+                write_queue: limits.write_queue,
+                max_group_entries: limits.max_group_entries,
+                read_connections: limits.read_connections,
+            },
+        )?;
+        Ok(Self { limits, store })
+    }
 
-    let streams_done = CancellationToken::new();
-    let hub = Hub::new(
-        store.clone(),
-        limits.max_subscribers,
-        limits.heartbeat_interval,
-        limits.max_response_bytes,
-        streams_done.clone(),
-    );
-    let audit = AuditServiceServer::new(AuditService::new(store.clone(), hub, limits.clone()))
-        .max_decoding_message_size(limits.max_message_bytes);
+    /// Serves gRPC on `listener` until `shutdown` completes; then stops accepting, ends
+    /// subscriptions, finishes in-flight writes and closes the store.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let Self { limits, store } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        tokio::spawn(follow_store_health(store.writable(), health.clone()));
 
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-    let stopping = {
-        let health = health.clone();
-        let streams_done = streams_done.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; finishing in-flight calls");
-            set_health(&health, ServingStatus::NotServing).await;
-            streams_done.cancel();
-        }
-    };
-    let served = Server::builder()
-        // Pings keep idle subscriptions alive through proxies and detect dead peers.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(audit)
-        .serve_with_incoming_shutdown(incoming, stopping)
-        .await;
-    streams_done.cancel();
-    store.close().await;
-    tracing::info!("server stopped");
-    served.map_err(|e| Error::Internal(format!("transport: {e}")))
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(audit_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_error = |e| Error::Internal(format!("reflection: {e}"));
+        let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+        let streams_done = CancellationToken::new();
+        let hub = Hub::new(
+            store.clone(),
+            limits.max_subscribers,
+            limits.heartbeat_interval,
+            limits.max_response_bytes,
+            streams_done.clone(),
+        );
+        let audit = AuditServiceServer::new(AuditService::new(store.clone(), hub, limits.clone()))
+            .max_decoding_message_size(limits.max_message_bytes);
+
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let stopping = {
+            let health = health.clone();
+            let streams_done = streams_done.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections; finishing in-flight calls");
+                set_health(&health, ServingStatus::NotServing).await;
+                streams_done.cancel();
+            }
+        };
+        let served = Server::builder()
+            // Pings keep idle subscriptions alive through proxies and detect dead peers.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(audit)
+            .serve_with_incoming_shutdown(incoming, stopping)
+            .await;
+        streams_done.cancel();
+        store.close().await;
+        tracing::info!("server stopped");
+        served.map_err(|e| Error::Internal(format!("transport: {e}")))
+    }
 }
 
 /// Reports SERVING while the store is writable and NOT_SERVING for good once it fails.

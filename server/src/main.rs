@@ -35,23 +35,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let data_dir = config.data_dir.clone();
+    let listen = config.listen;
+    let server = audit_server::AuditServer::open(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "audit-server listening on {address}")?;
         stdout.flush()?;
     }
-    tracing::info!(%address, data_dir = %config.data_dir.display(), "listening");
+    tracing::info!(%address, data_dir = %data_dir.display(), "listening");
     let shutdown = async move {
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
     };
-    audit_server::serve(config, listener, shutdown).await?;
+    server.serve(listener, shutdown).await?;
     Ok(())
 }
 
