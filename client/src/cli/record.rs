@@ -14,22 +14,17 @@ use super::output::write_line;
 
 /// Record one entry described by flags, or entries given as proto3 JSON on stdin.
 ///
-/// With flags, --source, --method and --outcome are required:
+/// With flags, --source, --method and --outcome are required. With JSON, an object is one entry
+/// (Record) and an array is one atomic batch (RecordBatch) whose entries share --request-id (or
+/// one the server generates); field names follow the proto3 JSON mapping (camelCase or
+/// snake_case, enums by name such as OUTCOME_SUCCESS). JSON is read from stdin when --stdin is
+/// given, and also when no entry flag is given and stdin is not a terminal.
 ///
-///   audit record --source billing-api --method /billing.v1.Billing/Charge --outcome success
-///
-/// With JSON, a JSON object is one entry (Record) and a JSON array is one atomic batch
-/// (RecordBatch) whose entries share --request-id (or one the server generates). Field names
-/// follow the proto3 JSON mapping (camelCase or snake_case), for example:
-///
-///   echo '{"source":"kms","method":"/kms.v1.Kms/Delete","outcome":"OUTCOME_SUCCESS"}' | audit record
-///
-/// JSON is read from stdin when --stdin is given, and also when no entry flag is given and stdin
-/// is not a terminal.
-///
-/// Prints the receipt: `id=ID sequence=N` for one entry; for a batch `request_id=ID`, then one
-/// `id=ID sequence=N` line per entry in order. --json prints the server's response as JSON.
+/// Prints the receipt once the server has stored the entries durably: `id=ID sequence=N` for
+/// one entry; for a batch `request_id=ID`, then one `id=ID sequence=N` line per entry in order.
+/// --json prints the server's response as proto3 JSON instead.
 #[derive(Debug, Args)]
+#[command(after_long_help = RECORD_EXAMPLES)]
 pub struct RecordArgs {
     /// Read the entry (JSON object) or batch (JSON array) from stdin as proto3 JSON.
     #[arg(long, help_heading = "Input")]
@@ -137,6 +132,13 @@ pub struct RecordArgs {
     #[arg(long)]
     json: bool,
 }
+
+const RECORD_EXAMPLES: &str = "Examples:
+  audit record --source billing-api --method /billing.v1.Billing/Charge --outcome success \\
+      --principal alice --resource invoices/42 --label env=prod
+  audit record --source kms --method /kms.v1.Kms/Delete --outcome denied --status-code permission_denied
+  echo '{\"source\":\"kms\",\"method\":\"/kms.v1.Kms/Get\",\"outcome\":\"OUTCOME_SUCCESS\"}' | audit record
+  audit record --stdin --request-id req-1 < batch.json";
 
 /// Where the entries come from.
 #[derive(Debug, PartialEq)]

@@ -21,6 +21,7 @@ use super::output::{EntryPrinter, Printed};
 /// resource. Control characters in entries are shown as escapes (\n, \x1b, \u{2028}), so no
 /// entry can forge a line or change the terminal.
 #[derive(Debug, Args)]
+#[command(after_long_help = TAIL_EXAMPLES)]
 pub struct TailArgs {
     #[command(flatten)]
     filter: FilterArgs,
@@ -38,6 +39,12 @@ pub struct TailArgs {
     #[arg(long)]
     json: bool,
 }
+
+const TAIL_EXAMPLES: &str = "Examples:
+  audit tail                                   # new entries from now on
+  audit tail --from-sequence 0 --json          # the whole log, then live, as JSON lines
+  audit tail --outcome denied --outcome error  # failures only
+  audit tail --source billing-api --count 10   # stop after ten entries";
 
 impl TailArgs {
     /// Where the subscription starts: --from-sequence, else the receive time --since, else now.
