@@ -74,16 +74,17 @@ macro_rules! list_services {
 #[tokio::test]
 async fn reflection_v1_and_v1alpha_describe_the_audit_service() {
     let server = TestServer::start().await;
-    for (services, files) in [
-        list_services!(v1, server.uri()),
-        list_services!(v1alpha, server.uri()),
+    for (version, (services, files)) in [
+        ("v1", list_services!(v1, server.uri())),
+        ("v1alpha", list_services!(v1alpha, server.uri())),
     ] {
+        // Each reflection version lists itself next to the served services.
         assert_eq!(
             services,
             [
-                "audit.v1.AuditService",
-                "grpc.health.v1.Health",
-                "grpc.reflection.v1.ServerReflection",
+                "audit.v1.AuditService".to_string(),
+                "grpc.health.v1.Health".to_string(),
+                format!("grpc.reflection.{version}.ServerReflection"),
             ]
         );
         assert!(
