@@ -275,7 +275,7 @@ def main(argv: list[str]) -> None:
     except ExampleFailed as err:
         fail(str(err))
     except grpc.RpcError as err:
-        fail(f"{err.code().name}: {err.details()}")  # type: ignore[attr-defined]
+        fail(f"{err.code().name}: {err.details()}")
     print(f"python example passed in {time.monotonic() - started:.1f} s", flush=True)
 
 
