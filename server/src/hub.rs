@@ -100,6 +100,11 @@ enum Stop {
 impl<S: Store> Cursor<S> {
     async fn run(mut self) {
         let mut head = self.store.head();
+        // The first message tells the subscriber where it starts, so that even a stream that
+        // drops before any entry can be resumed without a gap.
+        if self.heartbeat().await.is_err() {
+            return;
+        }
         let mut last_sent = Instant::now();
         loop {
             let through = *head.borrow_and_update();
@@ -115,15 +120,12 @@ impl<S: Store> Cursor<S> {
                     }
                 }
                 () = tokio::time::sleep_until(last_sent + self.heartbeat_interval) => {
-                    let heartbeat = subscribe_response::Message::Heartbeat(Heartbeat {
-                        sequence: self.position,
-                        time: Some(now()),
-                    });
-                    if self.send(Ok(SubscribeResponse { message: Some(heartbeat) })).await.is_err() {
+                    if self.heartbeat().await.is_err() {
                         return;
                     }
                     last_sent = Instant::now();
                 }
+
                 () = self.shutdown.cancelled() => return,
                 () = self.sender.closed() => return,
             }
@@ -165,6 +167,18 @@ impl<S: Store> Cursor<S> {
             }
         }
         Ok(sent)
+    }
+
+    /// Tells the subscriber that every matching entry up to its position has been sent.
+    async fn heartbeat(&self) -> Result<(), Stop> {
+        let heartbeat = subscribe_response::Message::Heartbeat(Heartbeat {
+            sequence: self.position,
+            time: Some(now()),
+        });
+        self.send(Ok(SubscribeResponse {
+            message: Some(heartbeat),
+        }))
+        .await
     }
 
     /// Waits for room in the stream, unless the subscriber leaves or the server shuts down.

@@ -237,15 +237,24 @@ async fn subscriptions_start_now_by_default_or_at_a_received_time() {
         .record(entry("new", "/a.B/C").build())
         .await
         .expect("new");
-    let message = tokio::time::timeout(PATIENCE, now.message())
-        .await
-        .expect("in time")
-        .expect("stream")
-        .expect("open");
-    let Some(Message::Entry(first)) = message.message else {
-        panic!("expected an entry, got {message:?}");
-    };
-    assert_eq!(first.source, "new");
+    let mut messages = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(PATIENCE, now.message())
+            .await
+            .expect("in time")
+            .expect("stream")
+            .expect("open");
+        messages.push(message.message.expect("message"));
+    }
+    // First where the stream starts (after the old entry), then the new entry.
+    assert!(
+        matches!(&messages[0], Message::Heartbeat(h) if h.sequence == 1),
+        "{messages:?}"
+    );
+    assert!(
+        matches!(&messages[1], Message::Entry(e) if e.source == "new" && e.sequence == 2),
+        "{messages:?}"
+    );
 
     let cut = cut.duration_since(std::time::UNIX_EPOCH).unwrap();
     let mut from_time = client.subscribe(
