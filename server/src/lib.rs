@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod hub;
+mod message_limit;
 mod page_token;
 pub mod service;
 pub mod store;
@@ -115,6 +116,9 @@ impl AuditServer {
             // Pings keep idle subscriptions alive through proxies and detect dead peers.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(tower::util::MapResponseLayer::new(
+                message_limit::over_limit_is_resource_exhausted::<tonic::body::Body>,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
