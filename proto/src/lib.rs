@@ -14,7 +14,8 @@ pub mod pb {
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of `audit.v1` and its imports.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/audit_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/audit_v1_descriptor.bin"));
 
 /// Full name of the audit service, as used by gRPC health checks and reflection.
 pub const SERVICE_NAME: &str = "audit.v1.AuditService";
