@@ -64,9 +64,10 @@ pub struct Limits {
     #[arg(long, env = "AUDIT_MAX_SUBSCRIBERS", default_value_t = 1024)]
     pub max_subscribers: usize,
 
-    /// Most write requests waiting for the writer; more get RESOURCE_EXHAUSTED at once.
-    #[arg(long, env = "AUDIT_WRITE_QUEUE", default_value_t = 4096)]
-    pub write_queue: usize,
+    /// Most bytes of entries waiting to be committed; writes beyond it get RESOURCE_EXHAUSTED at
+    /// once, so a burst cannot grow memory without bound.
+    #[arg(long, env = "AUDIT_MAX_PENDING_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_pending_bytes: usize,
 
     /// Most entries committed in one group transaction (one fsync).
     #[arg(long, env = "AUDIT_MAX_GROUP_ENTRIES", default_value_t = 8192)]

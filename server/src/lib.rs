@@ -60,7 +60,7 @@ impl AuditServer {
         let store = SqliteStore::open(
             &config.data_dir,
             &store::sqlite::Options {
-                write_queue: limits.write_queue,
+                max_pending_bytes: limits.max_pending_bytes,
                 max_group_entries: limits.max_group_entries,
                 read_connections: limits.read_connections,
             },

@@ -15,7 +15,7 @@ use audit_proto::pb::AuditEntry;
 use prost::Message;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::filter_sql::condition;
 use super::{Direction, Page, Read, Receipt, Store};
@@ -64,8 +64,8 @@ const INSERT: &str = "INSERT INTO entries (sequence, id, digest, request_id, tim
 /// Tuning of the SQLite store.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Most write requests waiting for the writer.
-    pub write_queue: usize,
+    /// Most bytes of entries waiting for the writer.
+    pub max_pending_bytes: usize,
     /// Most entries committed in one transaction.
     pub max_group_entries: usize,
     /// Read connections in the pool.
@@ -80,7 +80,10 @@ pub struct SqliteStore {
 
 struct Inner {
     /// Taken by `close`; the writer stops once it is gone and the queue is drained.
-    jobs: std::sync::RwLock<Option<mpsc::Sender<WriteJob>>>,
+    jobs: std::sync::RwLock<Option<mpsc::UnboundedSender<WriteJob>>>,
+    /// Bytes the queue may still take; bounds the memory of waiting writes.
+    pending_bytes: Arc<Semaphore>,
+    max_pending_bytes: u32,
     readers: Readers,
     head: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
@@ -92,6 +95,17 @@ struct Inner {
 struct WriteJob {
     entries: Vec<NewEntry>,
     reply: oneshot::Sender<Result<Vec<Receipt>, Error>>,
+    /// Released once the job is answered.
+    _pending: OwnedSemaphorePermit,
+}
+
+/// Bytes a job is charged in the write queue: its entries plus bookkeeping.
+fn queued_bytes(entries: &[NewEntry]) -> usize {
+    entries
+        .iter()
+        .map(|new| new.entry.encoded_len() + std::mem::size_of::<NewEntry>())
+        .sum::<usize>()
+        + std::mem::size_of::<WriteJob>()
 }
 
 impl SqliteStore {
@@ -129,7 +143,11 @@ impl SqliteStore {
         let readers = Readers::open(&path, options.read_connections.max(1))?;
         let (head_tx, head_rx) = watch::channel(head);
         let (writable_tx, writable_rx) = watch::channel(true);
-        let (jobs_tx, jobs_rx) = mpsc::channel(options.write_queue.max(1));
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let max_pending_bytes = u32::try_from(options.max_pending_bytes)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32)
+            .max(1);
         let writer = Writer {
             conn,
             jobs: jobs_rx,
@@ -146,6 +164,8 @@ impl SqliteStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: std::sync::RwLock::new(Some(jobs_tx)),
+                pending_bytes: Arc::new(Semaphore::new(max_pending_bytes as usize)),
+                max_pending_bytes,
                 readers,
                 head: head_rx,
                 writable: writable_rx,
@@ -172,16 +192,25 @@ impl Store for SqliteStore {
                 "store failed earlier; restart required".into(),
             ));
         }
+        let bytes = u32::try_from(queued_bytes(&entries))
+            .unwrap_or(u32::MAX)
+            .min(self.inner.max_pending_bytes);
+        let pending = self
+            .inner
+            .pending_bytes
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .map_err(|_| Error::Overloaded("write queue is full; retry later".into()))?;
         let (reply, response) = oneshot::channel();
+        let job = WriteJob {
+            entries,
+            reply,
+            _pending: pending,
+        };
         let jobs = self.inner.jobs.read().expect("jobs lock").clone();
         jobs.ok_or(Error::ShuttingDown)?
-            .try_send(WriteJob { entries, reply })
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => {
-                    Error::Overloaded("write queue is full; retry later".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => Error::ShuttingDown,
-            })?;
+            .send(job)
+            .map_err(|_| Error::ShuttingDown)?;
         response.await.map_err(|_| Error::ShuttingDown)?
     }
 
@@ -265,11 +294,22 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
 
 struct Writer {
     conn: Connection,
-    jobs: mpsc::Receiver<WriteJob>,
+    jobs: mpsc::UnboundedReceiver<WriteJob>,
     next_sequence: u64,
     max_group_entries: usize,
     head: watch::Sender<u64>,
     writable: watch::Sender<bool>,
+}
+
+/// Marks the store failed if dropped during a panic.
+struct FailOnPanic(watch::Sender<bool>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.send_replace(false);
+        }
+    }
 }
 
 /// Why one write request of a group failed without failing the group.
@@ -279,6 +319,8 @@ enum JobFailure {
 
 impl Writer {
     fn run(mut self) {
+        // Should the writer ever panic, the store must not look writable.
+        let _fail_on_panic = FailOnPanic(self.writable.clone());
         while let Some(first) = self.jobs.blocking_recv() {
             let mut count = first.entries.len();
             let mut group = vec![first];
