@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import {
   AuditEntrySchema,
@@ -253,7 +253,14 @@ async function subscribeLive(
     }
     throw err;
   } finally {
-    abort.abort(); // cancel the stream
+    // Cancel the stream, then read its end: Connect releases the call (and clears the
+    // timeoutMs timer, which would otherwise keep Node alive until it fires) once the
+    // cancellation has been read.
+    abort.abort();
+    for (let i = 0; i < 1000; i++) {
+      const result = await stream.next().catch(() => ({ done: true }) as const);
+      if (result.done) break;
+    }
   }
 }
 
@@ -272,15 +279,22 @@ async function checkHealth(health: Client<typeof Health>): Promise<void> {
 async function run(address: string): Promise<void> {
   const runId = randomUUID().replaceAll("-", "").slice(0, 12);
   const source = `typescript-example-${runId}`;
-  // gRPC over HTTP/2 (h2c: plaintext, loopback only), the protocol tonic speaks.
-  const transport = createGrpcTransport({ baseUrl: `http://${address}` });
+  // gRPC over HTTP/2 (h2c: plaintext, loopback only), the protocol tonic speaks. One HTTP/2
+  // connection, closed when done so that Node can exit right away.
+  const baseUrl = `http://${address}`;
+  const connection = new Http2SessionManager(baseUrl);
+  const transport = createGrpcTransport({ baseUrl, sessionManager: connection });
   const client = createClient(AuditService, transport);
   console.log(`talking to ${address}, source ${source}`);
-  const single = await recordOne(client, source, runId);
-  const batch = await recordBatch(client, source, runId, randomUUID());
-  await queryBack(client, source, runId, single, batch);
-  await subscribeLive(client, source, runId, batch.sequences[2]!);
-  await checkHealth(createClient(Health, transport));
+  try {
+    const single = await recordOne(client, source, runId);
+    const batch = await recordBatch(client, source, runId, randomUUID());
+    await queryBack(client, source, runId, single, batch);
+    await subscribeLive(client, source, runId, batch.sequences[2]!);
+    await checkHealth(createClient(Health, transport));
+  } finally {
+    connection.abort();
+  }
 }
 
 async function main(argv: string[]): Promise<number> {
