@@ -23,8 +23,6 @@ mod builder;
 mod client;
 mod code;
 mod error;
-#[cfg(test)]
-mod fake;
 pub mod json;
 mod query;
 pub mod render;
