@@ -453,7 +453,7 @@ export const QueryResponseSchema: GenMessage<QueryResponse> = /*@__PURE__*/
  */
 export enum Order {
   /**
-   * Ascending by sequence (oldest first).
+   * Not set: the same as `ORDER_ASCENDING`.
    *
    * @generated from enum value: ORDER_UNSPECIFIED = 0;
    */

@@ -25,7 +25,7 @@ const (
 type Order int32
 
 const (
-	// Ascending by sequence (oldest first).
+	// Not set: the same as `ORDER_ASCENDING`.
 	Order_ORDER_UNSPECIFIED Order = 0
 	// Ascending by sequence (oldest first).
 	Order_ORDER_ASCENDING Order = 1
