@@ -199,3 +199,33 @@ pub async fn query(client: &Client, filter: pb::Filter) -> Vec<pb::AuditEntry> {
         .await
         .expect("query")
 }
+
+/// Collects `count` entries from a subscription, failing if they do not arrive in time.
+pub async fn take_entries<S, E>(stream: &mut S, count: usize) -> Vec<pb::AuditEntry>
+where
+    S: futures::Stream<Item = Result<pb::AuditEntry, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    use futures::StreamExt;
+    let mut entries = Vec::with_capacity(count);
+    while entries.len() < count {
+        let next = tokio::time::timeout(PATIENCE, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} entries arrived", entries.len()))
+            .expect("subscription ended early")
+            .expect("subscription entry");
+        entries.push(next);
+    }
+    entries
+}
+
+/// Asserts that `entries` have consecutive sequences starting at `first`.
+pub fn assert_gapless(entries: &[pb::AuditEntry], first: u64) {
+    for (offset, entry) in entries.iter().enumerate() {
+        assert_eq!(
+            entry.sequence,
+            first + offset as u64,
+            "entry {offset} is out of order, missing or repeated"
+        );
+    }
+}

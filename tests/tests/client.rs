@@ -8,37 +8,9 @@
 use std::time::{Duration, Instant};
 
 use audit_client::{Client, QueryOptions, RetryPolicy, Start, Subscription, pb};
-use audit_tests::{PATIENCE, TestServer, all_entries, entry};
+use audit_tests::{PATIENCE, TestServer, all_entries, assert_gapless, entry, take_entries};
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::Code;
-
-/// Collects `count` entries from a subscription, failing if they do not arrive in time.
-async fn take_entries<S, E>(stream: &mut S, count: usize) -> Vec<pb::AuditEntry>
-where
-    S: Stream<Item = Result<pb::AuditEntry, E>> + Unpin,
-    E: std::fmt::Debug,
-{
-    let mut entries = Vec::with_capacity(count);
-    while entries.len() < count {
-        let next = tokio::time::timeout(PATIENCE, stream.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} entries arrived", entries.len()))
-            .expect("subscription ended early")
-            .expect("subscription entry");
-        entries.push(next);
-    }
-    entries
-}
-
-fn assert_gapless(entries: &[pb::AuditEntry], first: u64) {
-    for (offset, entry) in entries.iter().enumerate() {
-        assert_eq!(
-            entry.sequence,
-            first + offset as u64,
-            "entry {offset} is out of order, missing or repeated"
-        );
-    }
-}
 
 /// Polls `subscription` (which must yield nothing meanwhile) until its resume position is
 /// `expected`, failing after [`PATIENCE`].

@@ -4,28 +4,10 @@
 use std::time::Duration;
 
 use audit_client::{Client, RetryPolicy, Start, pb};
-use audit_tests::{PATIENCE, TestServer, entry};
+use audit_tests::{PATIENCE, TestServer, assert_gapless, entry, take_entries};
 use futures::{Stream, StreamExt};
 use pb::subscribe_response::Message;
 use tonic::Code;
-
-/// Collects `count` entries from a subscription, failing if they do not arrive in time.
-async fn take_entries<S, E>(stream: &mut S, count: usize) -> Vec<pb::AuditEntry>
-where
-    S: Stream<Item = Result<pb::AuditEntry, E>> + Unpin,
-    E: std::fmt::Debug,
-{
-    let mut entries = Vec::with_capacity(count);
-    while entries.len() < count {
-        let next = tokio::time::timeout(PATIENCE, stream.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} entries arrived", entries.len()))
-            .expect("subscription ended early")
-            .expect("subscription entry");
-        entries.push(next);
-    }
-    entries
-}
 
 /// Starts `writers` tasks that each record `per_writer` entries, one call at a time.
 fn spawn_writers(
@@ -50,16 +32,6 @@ fn spawn_writers(
             })
         })
         .collect()
-}
-
-fn assert_gapless(entries: &[pb::AuditEntry], first: u64) {
-    for (offset, entry) in entries.iter().enumerate() {
-        assert_eq!(
-            entry.sequence,
-            first + offset as u64,
-            "entry {offset} is out of order, missing or repeated"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
