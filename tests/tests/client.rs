@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use audit_client::{Client, QueryOptions, RetryPolicy, Start, Subscription, pb};
 use audit_tests::{PATIENCE, TestServer, all_entries, assert_gapless, entry, take_entries};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use tonic::Code;
 
 /// Polls `subscription` (which must yield nothing meanwhile) until its resume position is
