@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use audit_client::{Client, RetryPolicy, Start, pb};
 use audit_tests::{PATIENCE, TestServer, assert_gapless, entry, take_entries};
-use futures::StreamExt;
 use pb::subscribe_response::Message;
 use tonic::Code;
 
