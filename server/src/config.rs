@@ -10,10 +10,36 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "audit-server", version, about = "Durable gRPC audit service", long_about = None)]
 pub struct Config {
-    /// Address to listen on for plaintext gRPC. Port 0 picks a free port; the bound address is
-    /// printed on stdout.
-    #[arg(long, env = "AUDIT_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
+    /// Address to listen on for plaintext gRPC, or `none`. Port 0 picks a free port; each bound
+    /// address is printed on stdout. Without a policy, plaintext callers are allowed only from
+    /// loopback addresses.
+    #[arg(long, env = "AUDIT_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
+    pub listen: Listen,
+
+    /// TLS listeners, unset by default.
+    #[command(flatten)]
+    pub tls: TlsConfig,
+
+    /// Unix domain socket to listen on, e.g. `/run/audit/audit.sock`. Created with
+    /// `--unix-socket-mode`, replacing a stale socket file left by a crash; removed on shutdown.
+    /// Callers are identified by the kernel: uid, gid, pid and executable.
+    #[arg(long, env = "AUDIT_UNIX_SOCKET")]
+    pub unix_socket: Option<PathBuf>,
+
+    /// Permissions of the Unix socket file, in octal.
+    #[arg(long, env = "AUDIT_UNIX_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
+    pub unix_socket_mode: u32,
+
+    /// Policy file (TOML, or YAML when named `*.yaml`/`*.yml`) granting `record`, `read` and
+    /// `admin` to identities. Without one, callers on the Unix socket and plaintext loopback may
+    /// do everything, and TLS callers need a valid client certificate.
+    #[arg(long, env = "AUDIT_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// Most refused calls recorded as denied entries per second; further refusals are only
+    /// counted and logged, so that a flood of refused calls cannot fill the disk.
+    #[arg(long, env = "AUDIT_MAX_DENIED_PER_SECOND", default_value_t = 100)]
+    pub max_denied_per_second: u32,
 
     /// Directory holding the embedded SQLite database (`audit.db`); created with mode 0700 if
     /// missing. Only one server may use a data directory at a time.
@@ -28,6 +54,31 @@ pub struct Config {
     /// Validation and resource limits.
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// The plaintext TCP listener: an address, or none.
+pub type Listen = Option<SocketAddr>;
+
+/// TLS listener settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsConfig {
+    /// Address to listen on for TLS (with `--tls-cert` and `--tls-key`).
+    #[arg(long, env = "AUDIT_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// Server certificate chain (PEM) of the TLS listener.
+    #[arg(long, env = "AUDIT_TLS_CERT", requires = "tls_listen")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the TLS listener.
+    #[arg(long, env = "AUDIT_TLS_KEY", requires = "tls_listen")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that sign client certificates. When given, every TLS caller must
+    /// present a certificate from this CA carrying exactly one URI SAN, its SPIFFE ID (mutual
+    /// TLS).
+    #[arg(long, env = "AUDIT_TLS_CLIENT_CA", requires = "tls_listen")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Limits on what a client may send and on the resources the server spends. Every limit has a
@@ -106,10 +157,29 @@ impl Config {
     /// and embedders.
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
         let mut config = Config::parse_from(["audit-server"]);
-        config.listen = listen;
+        config.listen = Some(listen);
         config.data_dir = data_dir.into();
         config
     }
+}
+
+/// Parses a socket address, or `none` for no listener.
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    match text.trim() {
+        "none" | "" => Ok(None),
+        address => address
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("`{address}`: {e} (expected ip:port or `none`)")),
+    }
+}
+
+/// Parses an octal file mode such as `660` or `0600`.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("`{text}` is not an octal file mode like 660"))
 }
 
 /// Parses `1500ms`, `15s`, `2m` or a plain number of seconds.
@@ -155,7 +225,10 @@ mod tests {
     #[test]
     fn defaults_listen_on_loopback() {
         let config = Config::parse_from(["audit-server"]);
-        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.listen, Some("127.0.0.1:50051".parse().unwrap()));
+        assert_eq!(parse_listen("none"), Ok(None));
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert!(parse_mode("999").is_err());
         assert_eq!(config.data_dir, PathBuf::from("./audit-data"));
         assert_eq!(config.limits.max_batch_entries, 1000);
     }

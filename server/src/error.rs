@@ -50,6 +50,10 @@ pub enum Error {
     #[error("server is shutting down")]
     ShuttingDown,
 
+    /// The server's configuration is unusable (a bad policy file, an unreadable certificate).
+    #[error("configuration: {0}")]
+    Config(String),
+
     /// An unexpected internal failure; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -94,6 +98,10 @@ impl From<Error> for Status {
                 Status::unavailable("audit store unavailable: the entry was not recorded")
             }
             Error::ShuttingDown => Status::unavailable(error.to_string()),
+            Error::Config(ref cause) => {
+                tracing::error!(%cause, "configuration error");
+                Status::internal("internal error")
+            }
             Error::Internal(ref cause) => {
                 tracing::error!(%cause, "internal error");
                 Status::internal("internal error")

@@ -1,16 +1,19 @@
 //! The audit service: validation, durable storage with group commit, queries and live
 //! subscriptions, served over gRPC with health checks and reflection.
 //!
-//! [`serve`] runs the whole server on a bound listener until a shutdown signal; the
-//! `audit-server` binary and the end-to-end tests both call it.
+//! [`AuditServer::open`] opens the store and [`AuditServer::serve`] serves it on bound
+//! [`Listeners`] until a shutdown signal; the `audit-server` binary is a thin wrapper around both.
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod listen;
 mod message_limit;
 mod page_token;
+pub mod policy;
 pub mod service;
 pub mod store;
 pub mod validate;
@@ -20,42 +23,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_proto::pb::audit_service_server::AuditServiceServer;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use access::Access;
 pub use config::{Config, Limits};
 pub use error::Error;
 use hub::Hub;
+pub use listen::Listeners;
+use policy::Policy;
 use service::AuditService;
 use store::{SqliteStore, Store};
 
 /// Service names whose health follows the store: the server as a whole and the audit service.
 const HEALTH_SERVICES: [&str; 2] = ["", audit_proto::SERVICE_NAME];
 
-/// Opens the store in `config.data_dir` and serves gRPC on `listener` until `shutdown`
-/// completes; then stops accepting, ends subscriptions, finishes in-flight writes and returns.
-pub async fn serve(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
-    AuditServer::open(config)?.serve(listener, shutdown).await
-}
-
 /// A server whose store is open, ready to serve.
 pub struct AuditServer {
     limits: Arc<Limits>,
     store: SqliteStore,
+    access: Arc<Access>,
 }
 
 impl AuditServer {
-    /// Opens the store in `config.data_dir`: fails at once if it cannot be written or another
-    /// server holds it.
+    /// Loads the policy and opens the store in `config.data_dir`: fails at once if the policy
+    /// is invalid, or the store cannot be written or another server holds it.
     pub fn open(config: Config) -> Result<Self, Error> {
+        let policy = config.policy.as_deref().map(Policy::load).transpose()?;
+        let access = Arc::new(Access::new(policy, config.max_denied_per_second));
         let limits = Arc::new(config.limits);
         let store = SqliteStore::open(
             &config.data_dir,
@@ -65,17 +63,25 @@ impl AuditServer {
                 read_connections: limits.read_connections,
             },
         )?;
-        Ok(Self { limits, store })
+        Ok(Self {
+            limits,
+            store,
+            access,
+        })
     }
 
-    /// Serves gRPC on `listener` until `shutdown` completes; then stops accepting, ends
+    /// Serves gRPC on every listener until `shutdown` completes; then stops accepting, ends
     /// subscriptions, finishes in-flight writes and closes the store.
     pub async fn serve(
         self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let Self { limits, store } = self;
+        let Self {
+            limits,
+            store,
+            access,
+        } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         tokio::spawn(follow_store_health(store.writable(), health.clone()));
 
@@ -96,39 +102,84 @@ impl AuditServer {
             limits.max_response_bytes,
             streams_done.clone(),
         );
-        let audit = AuditServiceServer::new(AuditService::new(store.clone(), hub, limits.clone()))
-            .max_decoding_message_size(limits.max_message_bytes);
+        let audit = AuditServiceServer::new(AuditService::new(
+            store.clone(),
+            hub,
+            limits.clone(),
+            access,
+        ))
+        .max_decoding_message_size(limits.max_message_bytes);
 
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
-        let stopping = {
+        let stopping = CancellationToken::new();
+        tokio::spawn({
             let health = health.clone();
             let streams_done = streams_done.clone();
+            let stopping = stopping.clone();
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: no new connections; finishing in-flight calls");
                 set_health(&health, ServingStatus::NotServing).await;
                 streams_done.cancel();
+                stopping.cancel();
             }
+        });
+
+        // One server per listener, all with the same services.
+        macro_rules! serve_on {
+            ($builder:expr, $incoming:expr) => {
+                $builder
+                    // Pings keep idle subscriptions alive through proxies and detect dead peers.
+                    .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                    .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                    .layer(tower::util::MapResponseLayer::new(
+                        message_limit::over_limit_is_resource_exhausted::<tonic::body::Body>,
+                    ))
+                    .add_service(health_service.clone())
+                    .add_service(reflection_v1.clone())
+                    .add_service(reflection_v1alpha.clone())
+                    .add_service(audit.clone())
+                    .serve_with_incoming_shutdown($incoming, stopping.clone().cancelled_owned())
+            };
+        }
+        let tcp_incoming = |listener| {
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60)))
         };
-        let served = Server::builder()
-            // Pings keep idle subscriptions alive through proxies and detect dead peers.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .layer(tower::util::MapResponseLayer::new(
-                message_limit::over_limit_is_resource_exhausted::<tonic::body::Body>,
-            ))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(audit)
-            .serve_with_incoming_shutdown(incoming, stopping)
-            .await;
-        streams_done.cancel();
+        let mut servers = tokio::task::JoinSet::new();
+        let Listeners { tcp, tls, unix } = listeners;
+        if let Some(listener) = tcp {
+            servers.spawn(serve_on!(Server::builder(), tcp_incoming(listener)));
+        }
+        if let Some((listener, tls)) = tls {
+            let builder = Server::builder()
+                .tls_config(tls)
+                .map_err(|e| Error::Config(format!("TLS: {e}")))?;
+            servers.spawn(serve_on!(builder, tcp_incoming(listener)));
+        }
+        let socket_file = match unix {
+            Some(socket) => {
+                let incoming = audit_identity::unix::incoming(socket.listener);
+                servers.spawn(serve_on!(Server::builder(), incoming));
+                Some(socket.file)
+            }
+            None => None,
+        };
+        let mut failure = None;
+        while let Some(served) = servers.join_next().await {
+            match served {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(Error::Internal(format!("transport: {e}"))),
+                Err(e) => failure = Some(Error::Internal(format!("server task: {e}"))),
+            }
+            // One listener failing stops the others too.
+            stopping.cancel();
+            streams_done.cancel();
+        }
+        drop(socket_file);
         store.close().await;
         tracing::info!("server stopped");
-        served.map_err(|e| Error::Internal(format!("transport: {e}")))
+        failure.map_or(Ok(()), Err)
     }
 }
 

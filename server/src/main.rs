@@ -4,7 +4,6 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use audit_server::Config;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -36,25 +35,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
 
     let data_dir = config.data_dir.clone();
-    let listen = config.listen;
+    let listeners = audit_server::Listeners::bind(&config).await?;
     let server = audit_server::AuditServer::open(config)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let address = listener.local_addr()?;
     {
+        // Scripts and tests read these lines to find the bound addresses.
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "audit-server listening on {address}")?;
+        for listener in listeners.describe() {
+            writeln!(stdout, "audit-server listening on {listener}")?;
+            tracing::info!(%listener, data_dir = %data_dir.display(), "listening");
+        }
+        writeln!(stdout, "audit-server ready")?;
         stdout.flush()?;
     }
-    tracing::info!(%address, data_dir = %data_dir.display(), "listening");
     let shutdown = async move {
         tokio::select! {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
     };
-    server.serve(listener, shutdown).await?;
+    server.serve(listeners, shutdown).await?;
     Ok(())
 }
 

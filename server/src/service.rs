@@ -5,44 +5,82 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use audit_proto::pb::{
-    self, Order, QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse,
-    RecordRequest, RecordResponse, SubscribeRequest, audit_service_server,
-    start_position::Position,
+    Order, QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse, RecordRequest,
+    RecordResponse, SubscribeRequest, audit_service_server, start_position::Position,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use audit_identity::Peer;
+
+use crate::access::Access;
 use crate::config::Limits;
 use crate::error::{Error, Violation};
 use crate::hub::{Hub, SubscriptionStream};
 use crate::page_token;
+use crate::policy::Permission;
 use crate::store::{Direction, Read, Store};
 use crate::validate::{self, Context, timestamp_nanos};
+
+/// Full names of the service's methods, as recorded in refusals.
+const RECORD: &str = "/audit.v1.AuditService/Record";
+const RECORD_BATCH: &str = "/audit.v1.AuditService/RecordBatch";
+const SUBSCRIBE: &str = "/audit.v1.AuditService/Subscribe";
+const QUERY: &str = "/audit.v1.AuditService/Query";
 
 /// The audit service over a store.
 pub struct AuditService<S> {
     store: S,
     hub: Hub<S>,
     limits: Arc<Limits>,
+    access: Arc<Access>,
 }
 
 impl<S: Store + Clone> AuditService<S> {
-    /// The service storing into `store` and streaming through `hub`.
-    pub fn new(store: S, hub: Hub<S>, limits: Arc<Limits>) -> Self {
-        Self { store, hub, limits }
+    /// The service storing into `store`, streaming through `hub`, guarded by `access`.
+    pub fn new(store: S, hub: Hub<S>, limits: Arc<Limits>, access: Arc<Access>) -> Self {
+        Self {
+            store,
+            hub,
+            limits,
+            access,
+        }
     }
 
-    /// The request's context: when it arrived and who sent it.
-    fn context<T>(request: &Request<T>) -> Context {
-        let recorder = request.remote_addr().map(|address| pb::Recorder {
-            peer: Some(pb::recorder::Peer::Network(pb::NetworkPeer {
-                address: address.to_string(),
-                ..Default::default()
-            })),
-        });
+    /// The caller of `request` if it may call `method`; a refusal is recorded as a DENIED entry
+    /// before it is answered.
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        permission: Permission,
+    ) -> Result<Peer, Status> {
+        let refusal = match self.access.check(request, method, permission) {
+            Ok(peer) => return Ok(peer),
+            Err(refusal) => refusal,
+        };
+        if let Some(entry) = refusal.entry {
+            let context = Self::context(&refusal.peer);
+            let recorded = match validate::entry(entry, "entry", None, &context, &self.limits) {
+                Ok(mut new) => {
+                    new.entry.request_id = Uuid::now_v7().hyphenated().to_string();
+                    self.store.append(vec![new]).await.map(drop)
+                }
+                Err(violations) => Err(Error::InvalidArgument(violations)),
+            };
+            if let Err(error) = recorded {
+                tracing::error!(%error, "could not record a refused call");
+            }
+        }
+        Err(refusal.status)
+    }
+
+    /// What the server adds to entries from `peer`: when they arrived and who sent them.
+    fn context(peer: &Peer) -> Context {
+        let recorder = peer.to_recorder();
         Context {
             received_time: validate::now(),
-            recorder,
+            recorder: recorder.peer.is_some().then_some(recorder),
         }
     }
 }
@@ -53,7 +91,8 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
         &self,
         request: Request<RecordRequest>,
     ) -> Result<Response<RecordResponse>, Status> {
-        let context = Self::context(&request);
+        let peer = self.authorize(&request, RECORD, Permission::Record).await?;
+        let context = Self::context(&peer);
         let Some(entry) = request.into_inner().entry else {
             return Err(Error::InvalidArgument(vec![Violation::new("entry", "required")]).into());
         };
@@ -78,7 +117,10 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
         &self,
         request: Request<RecordBatchRequest>,
     ) -> Result<Response<RecordBatchResponse>, Status> {
-        let context = Self::context(&request);
+        let peer = self
+            .authorize(&request, RECORD_BATCH, Permission::Record)
+            .await?;
+        let context = Self::context(&peer);
         let batch = request.into_inner();
         let count = batch.entries.len();
         if count == 0 {
@@ -162,6 +204,8 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.authorize(&request, SUBSCRIBE, Permission::Read)
+            .await?;
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
         validate::filter(&filter, "filter", &self.limits).map_err(Error::InvalidArgument)?;
@@ -190,6 +234,7 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
+        self.authorize(&request, QUERY, Permission::Read).await?;
         let request = request.into_inner();
         let filter = request.filter.unwrap_or_default();
         validate::filter(&filter, "filter", &self.limits).map_err(Error::InvalidArgument)?;

@@ -46,6 +46,10 @@ pub struct TestServer {
     child: Child,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address of its TLS listener, if it has one.
+    pub tls_addr: Option<SocketAddr>,
+    /// The path of its Unix socket, if it has one.
+    pub unix_socket: Option<PathBuf>,
     /// Its data directory.
     pub data_dir: PathBuf,
     args: Vec<String>,
@@ -89,19 +93,39 @@ impl TestServer {
             .expect("start audit-server");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .expect("audit-server printed its address in time")
-            .expect("read audit-server stdout")
-            .expect("audit-server exited before listening");
-        let addr = line
-            .strip_prefix("audit-server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        let mut listening = Vec::new();
+        loop {
+            let line = tokio::time::timeout(PATIENCE, lines.next_line())
+                .await
+                .expect("audit-server became ready in time")
+                .expect("read audit-server stdout")
+                .expect("audit-server exited before it was ready");
+            if line == "audit-server ready" {
+                break;
+            }
+            let what = line
+                .strip_prefix("audit-server listening on ")
+                .unwrap_or_else(|| panic!("unexpected line: {line}"));
+            listening.push(what.to_string());
+        }
+        let find = |prefix: &str| {
+            listening
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+        };
+        let addr = listening
+            .iter()
+            .find(|l| !l.contains(' '))
+            .expect("a plaintext listener")
             .parse()
             .expect("listen address");
+        let tls_addr = find("tls ").map(|a| a.parse().expect("tls address"));
+        let unix_socket = find("unix ").map(PathBuf::from);
         Self {
             child,
             addr,
+            tls_addr,
+            unix_socket,
             data_dir: data_dir.to_path_buf(),
             args,
             _temp: None,

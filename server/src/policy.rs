@@ -1,0 +1,365 @@
+//! Who may do what: a policy file granting `record`, `read` and `admin` to identities, and the
+//! development default used without one.
+//!
+//! ```toml
+//! [[grant]]
+//! to = ["spiffe://prod/billing/*", "uid:1000"]
+//! allow = ["record"]
+//!
+//! [[grant]]
+//! to = ["spiffe://prod/security/siem"]
+//! allow = ["read"]
+//! ```
+//!
+//! Identities: `spiffe://…` exactly, `spiffe://…/*` for every ID below a path, `uid:N` and
+//! `gid:N` for Unix socket callers, `authenticated` for any caller with a verified identity (Unix
+//! socket or client certificate), `loopback` for plaintext callers on a loopback address, and
+//! `anyone`.
+
+use std::path::Path;
+
+use audit_identity::{Peer, SpiffeId};
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// Record and RecordBatch.
+    Record,
+    /// Query and Subscribe.
+    Read,
+    /// Administrative calls.
+    Admin,
+}
+
+impl Permission {
+    /// The permission's name in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Record => "record",
+            Permission::Read => "read",
+            Permission::Admin => "admin",
+        }
+    }
+}
+
+/// The answer to "may this peer do this?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead.
+    Allow,
+    /// Refused because the caller did not prove who it is (UNAUTHENTICATED).
+    Unauthenticated(String),
+    /// Refused for this caller (PERMISSION_DENIED).
+    Denied(String),
+}
+
+/// A set of grants loaded from a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    grants: Vec<Grant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Grant {
+    to: Vec<Identity>,
+    allow: Vec<Permission>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Identity {
+    Spiffe(String),
+    /// Every SPIFFE ID starting with this (which ends with `/`).
+    SpiffeBelow(String),
+    Uid(u32),
+    Gid(u32),
+    Authenticated,
+    Loopback,
+    Anyone,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    grant: Vec<GrantFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantFile {
+    to: Vec<String>,
+    allow: Vec<Permission>,
+}
+
+impl Policy {
+    /// Loads a policy file: YAML when its name ends in `.yaml` or `.yml`, TOML otherwise.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let fail = |why: String| Error::Config(format!("policy {}: {why}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        Self::parse(&text, yaml).map_err(fail)
+    }
+
+    /// Parses a policy from TOML, or YAML when `yaml` is true.
+    pub fn parse(text: &str, yaml: bool) -> Result<Self, String> {
+        let file: PolicyFile = if yaml {
+            serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?
+        } else {
+            toml::from_str(text).map_err(|e| e.to_string())?
+        };
+        let grants = file
+            .grant
+            .into_iter()
+            .enumerate()
+            .map(|(index, grant)| {
+                let to = grant
+                    .to
+                    .iter()
+                    .map(|text| {
+                        parse_identity(text)
+                            .map_err(|why| format!("grant {index}: `{text}`: {why}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Grant {
+                    to,
+                    allow: grant.allow,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Policy { grants })
+    }
+
+    /// Decides whether `peer` has `permission` under this policy.
+    fn decide(&self, peer: &Peer, permission: Permission) -> Decision {
+        let granted = self.grants.iter().any(|grant| {
+            grant.allow.contains(&permission)
+                && grant.to.iter().any(|identity| identity.matches(peer))
+        });
+        if granted {
+            Decision::Allow
+        } else if peer.is_authenticated() {
+            Decision::Denied(format!(
+                "{} does not have the `{}` permission",
+                peer.describe(),
+                permission.name()
+            ))
+        } else {
+            Decision::Unauthenticated(format!(
+                "the `{}` permission is not granted to unauthenticated callers ({}); connect \
+                 with a client certificate or over the Unix socket",
+                permission.name(),
+                peer.describe()
+            ))
+        }
+    }
+}
+
+/// Decides whether `peer` has `permission`, under `policy` or, without one, the development
+/// default: the Unix socket and plaintext loopback may do everything, TLS callers need a client
+/// certificate, other plaintext callers are refused.
+pub fn decide(policy: Option<&Policy>, peer: &Peer, permission: Permission) -> Decision {
+    if let Some(policy) = policy {
+        return policy.decide(peer, permission);
+    }
+    match peer {
+        Peer::Unix(_) => Decision::Allow,
+        Peer::Tls {
+            certificate: Some(_),
+            ..
+        } => Decision::Allow,
+        Peer::Tls {
+            certificate: None, ..
+        } => Decision::Unauthenticated("a client certificate is required".into()),
+        _ if peer.is_plaintext_loopback() => Decision::Allow,
+        _ => Decision::Denied(format!(
+            "without a policy, plaintext callers are allowed only from loopback ({})",
+            peer.describe()
+        )),
+    }
+}
+
+fn parse_identity(text: &str) -> Result<Identity, String> {
+    let number = |n: &str| {
+        n.parse::<u32>()
+            .map_err(|_| "expected a number".to_string())
+    };
+    match text {
+        "authenticated" => Ok(Identity::Authenticated),
+        "loopback" => Ok(Identity::Loopback),
+        "anyone" => Ok(Identity::Anyone),
+        _ if text.starts_with("uid:") => Ok(Identity::Uid(number(&text[4..])?)),
+        _ if text.starts_with("gid:") => Ok(Identity::Gid(number(&text[4..])?)),
+        _ if text.starts_with("spiffe://") => match text.strip_suffix("/*") {
+            Some(base) => {
+                SpiffeId::parse(base).map_err(|e| e.to_string())?;
+                Ok(Identity::SpiffeBelow(format!("{base}/")))
+            }
+            None => {
+                SpiffeId::parse(text).map_err(|e| e.to_string())?;
+                Ok(Identity::Spiffe(text.to_string()))
+            }
+        },
+        _ => Err(
+            "expected spiffe://…, spiffe://…/*, uid:N, gid:N, authenticated, loopback or anyone"
+                .into(),
+        ),
+    }
+}
+
+impl Identity {
+    fn matches(&self, peer: &Peer) -> bool {
+        match self {
+            Identity::Spiffe(id) => peer.spiffe_id().is_some_and(|p| p.as_str() == id),
+            Identity::SpiffeBelow(base) => peer
+                .spiffe_id()
+                .is_some_and(|p| p.as_str().starts_with(base)),
+            Identity::Uid(uid) => matches!(peer, Peer::Unix(unix) if unix.uid == *uid),
+            Identity::Gid(gid) => matches!(peer, Peer::Unix(unix) if unix.gid == *gid),
+            Identity::Authenticated => peer.is_authenticated(),
+            Identity::Loopback => peer.is_plaintext_loopback(),
+            Identity::Anyone => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use audit_identity::{CertificateIdentity, UnixPeerInfo};
+
+    use super::*;
+
+    fn spiffe(id: &str) -> Peer {
+        Peer::Tls {
+            address: None,
+            certificate: Some(CertificateIdentity {
+                spiffe_id: SpiffeId::parse(id).unwrap(),
+                subject: String::new(),
+            }),
+        }
+    }
+
+    fn unix(uid: u32, gid: u32) -> Peer {
+        Peer::Unix(UnixPeerInfo {
+            uid,
+            gid,
+            pid: None,
+            binary_path: None,
+        })
+    }
+
+    fn tcp(address: &str) -> Peer {
+        Peer::Tcp {
+            address: Some(address.parse().unwrap()),
+        }
+    }
+
+    const POLICY: &str = r#"
+[[grant]]
+to = ["spiffe://prod/billing/*", "uid:1000"]
+allow = ["record"]
+
+[[grant]]
+to = ["spiffe://prod/siem", "gid:50"]
+allow = ["read"]
+"#;
+
+    #[test]
+    fn grants_apply_per_identity_and_permission() {
+        let policy = Policy::parse(POLICY, false).unwrap();
+        let allowed = |peer: &Peer, p| decide(Some(&policy), peer, p) == Decision::Allow;
+        assert!(allowed(
+            &spiffe("spiffe://prod/billing/api"),
+            Permission::Record
+        ));
+        assert!(allowed(
+            &spiffe("spiffe://prod/billing/a/b"),
+            Permission::Record
+        ));
+        assert!(!allowed(
+            &spiffe("spiffe://prod/billing"),
+            Permission::Record
+        ));
+        assert!(!allowed(
+            &spiffe("spiffe://prod/billing2/x"),
+            Permission::Record
+        ));
+        assert!(!allowed(
+            &spiffe("spiffe://prod/billing/api"),
+            Permission::Read
+        ));
+        assert!(allowed(&spiffe("spiffe://prod/siem"), Permission::Read));
+        assert!(allowed(&unix(1000, 1), Permission::Record));
+        assert!(allowed(&unix(7, 50), Permission::Read));
+        assert!(!allowed(&unix(7, 50), Permission::Admin));
+        assert!(matches!(
+            decide(Some(&policy), &unix(7, 7), Permission::Record),
+            Decision::Denied(_)
+        ));
+        assert!(matches!(
+            decide(Some(&policy), &tcp("127.0.0.1:1"), Permission::Record),
+            Decision::Unauthenticated(_)
+        ));
+    }
+
+    #[test]
+    fn yaml_policies_read_the_same() {
+        let yaml = "grant:\n  - to: [\"spiffe://prod/billing/*\", \"uid:1000\"]\n    allow: [record]\n  - to: [\"spiffe://prod/siem\", \"gid:50\"]\n    allow: [read]\n";
+        assert_eq!(
+            Policy::parse(yaml, true).unwrap(),
+            Policy::parse(POLICY, false).unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_policies_say_what_is_wrong() {
+        let bad = "[[grant]]\nto = [\"spiffe://Prod/x\"]\nallow = [\"record\"]\n";
+        assert!(Policy::parse(bad, false).unwrap_err().contains("grant 0"));
+        let bad = "[[grant]]\nto = [\"root\"]\nallow = [\"record\"]\n";
+        assert!(
+            Policy::parse(bad, false)
+                .unwrap_err()
+                .contains("expected spiffe://")
+        );
+        let bad = "[[grant]]\nto = [\"anyone\"]\nallow = [\"write\"]\n";
+        assert!(Policy::parse(bad, false).is_err());
+    }
+
+    #[test]
+    fn default_allows_development_transports_only() {
+        assert_eq!(
+            decide(None, &unix(5, 5), Permission::Admin),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(None, &tcp("127.0.0.1:9"), Permission::Record),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(None, &tcp("[::1]:9"), Permission::Read),
+            Decision::Allow
+        );
+        assert!(matches!(
+            decide(None, &tcp("10.0.0.1:9"), Permission::Read),
+            Decision::Denied(_)
+        ));
+        assert_eq!(
+            decide(None, &spiffe("spiffe://x/y"), Permission::Read),
+            Decision::Allow
+        );
+        let anonymous_tls = Peer::Tls {
+            address: None,
+            certificate: None,
+        };
+        assert!(matches!(
+            decide(None, &anonymous_tls, Permission::Read),
+            Decision::Unauthenticated(_)
+        ));
+    }
+}

@@ -1,0 +1,411 @@
+//! Who submitted an entry, learnt from the connection: the Unix socket's peer credentials, the
+//! SPIFFE ID of a mutual-TLS client certificate, or the TCP peer address; permissions from a
+//! policy file, with every refusal recorded as a DENIED entry.
+
+use std::path::{Path, PathBuf};
+
+use audit_client::{Client, pb};
+use audit_tests::{TestServer, all_entries, entry, query};
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
+};
+use tempfile::TempDir;
+use tokio::net::UnixStream;
+use tonic::Code;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// A client connected over the server's Unix socket.
+async fn unix_client(socket: &Path) -> Client {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+        .expect("connect over the unix socket");
+    Client::from_channel(channel)
+}
+
+#[tokio::test]
+async fn the_unix_socket_recorder_is_this_process() {
+    let dir = TempDir::new().unwrap();
+    let socket = dir.path().join("audit.sock");
+    let server = TestServer::start_with_args(&["--unix-socket", socket.to_str().unwrap()]).await;
+    assert_eq!(server.unix_socket.as_deref(), Some(socket.as_path()));
+    let mode = std::fs::metadata(&socket).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o660
+    );
+
+    let client = unix_client(&socket).await;
+    // A recorder sent by the client is replaced by what the kernel says.
+    let mut forged = entry("app", "/a.B/C").build();
+    forged.recorder = Some(pb::Recorder {
+        peer: Some(pb::recorder::Peer::Unix(pb::UnixPeer {
+            uid: 4242,
+            gid: 4242,
+            pid: 1,
+            binary_path: "/usr/bin/innocent".into(),
+        })),
+    });
+    client
+        .record(forged)
+        .await
+        .expect("record over the unix socket");
+    let stored = all_entries(&client).await.remove(0);
+    let expected = pb::UnixPeer {
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        pid: std::process::id(),
+        binary_path: std::env::current_exe()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
+    };
+    assert_eq!(
+        stored.recorder.and_then(|r| r.peer),
+        Some(pb::recorder::Peer::Unix(expected))
+    );
+
+    let status = server.stop().await;
+    assert!(status.success());
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+}
+
+/// Test certificates made at test time: a CA, a server certificate for `localhost`, and client
+/// certificates with chosen URI SANs.
+struct Pki {
+    dir: TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = TempDir::new().unwrap();
+        let ca = Self::authority("audit test CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let pki = Self { dir, ca };
+        let (cert, key) = pki.leaf(&[], ExtendedKeyUsagePurpose::ServerAuth, &pki.ca);
+        std::fs::write(pki.path("server.pem"), cert).unwrap();
+        std::fs::write(pki.path("server.key"), key).unwrap();
+        pki
+    }
+
+    fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A certificate (PEM) and key (PEM) for `localhost` with these URI SANs, signed by `ca`.
+    fn leaf(
+        &self,
+        uris: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        ca: &CertifiedIssuer<'static, KeyPair>,
+    ) -> (String, String) {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into().unwrap()));
+        }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "workload");
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Server flags for a mutual-TLS listener trusting this CA.
+    fn server_args(&self, client_ca: bool) -> Vec<String> {
+        let mut args = vec![
+            "--tls-listen".to_string(),
+            "127.0.0.1:0".to_string(),
+            "--tls-cert".to_string(),
+            self.path("server.pem").display().to_string(),
+            "--tls-key".to_string(),
+            self.path("server.key").display().to_string(),
+        ];
+        if client_ca {
+            args.push("--tls-client-ca".to_string());
+            args.push(self.path("ca.pem").display().to_string());
+        }
+        args
+    }
+
+    /// Connects to the TLS listener, presenting a client certificate for `uris` when given.
+    async fn client(
+        &self,
+        server: &TestServer,
+        uris: Option<&[&str]>,
+        ca: Option<&CertifiedIssuer<'static, KeyPair>>,
+    ) -> Result<Client, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca.pem()))
+            .domain_name("localhost");
+        if let Some(uris) = uris {
+            let (cert, key) = self.leaf(
+                uris,
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ca.unwrap_or(&self.ca),
+            );
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let address = server.tls_addr.expect("a TLS listener");
+        let channel = Endpoint::from_shared(format!("https://{address}"))
+            .unwrap()
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(Client::from_channel(channel))
+    }
+}
+
+async fn start(pki: &Pki, client_ca: bool, extra: &[&str]) -> TestServer {
+    let mut args = pki.server_args(client_ca);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    TestServer::start_with_args(&args).await
+}
+
+fn denied_filter() -> pb::Filter {
+    pb::Filter {
+        outcomes: vec![pb::Outcome::Denied as i32],
+        event: "ACCESS_DENIED".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_records_the_spiffe_id_and_refuses_bad_certificates() {
+    let pki = Pki::new();
+    let server = start(&pki, true, &[]).await;
+
+    let writer = pki
+        .client(&server, Some(&["spiffe://test.example/billing/api"]), None)
+        .await
+        .expect("mTLS connect");
+    writer
+        .record(entry("billing", "/billing.v1.Billing/Charge").build())
+        .await
+        .expect("record over mTLS");
+    let stored = all_entries(&writer).await.remove(0);
+    let Some(pb::recorder::Peer::Network(network)) = stored.recorder.and_then(|r| r.peer) else {
+        panic!("network recorder expected");
+    };
+    assert_eq!(network.spiffe_id, "spiffe://test.example/billing/api");
+    assert!(
+        network.certificate_subject.contains("workload"),
+        "{network:?}"
+    );
+    assert!(network.address.starts_with("127.0.0.1:"));
+
+    let refused: [(&[&str], &str); 4] = [
+        (&[], "no URI SAN"),
+        (
+            &["spiffe://test.example/a", "spiffe://test.example/b"],
+            "2 URI SANs",
+        ),
+        (&["spiffe://Test.Example/a"], "not a valid SPIFFE ID"),
+        (&["spiffe://test.example/a/../b"], "not a valid SPIFFE ID"),
+    ];
+    for (uris, reason) in refused {
+        let client = pki
+            .client(&server, Some(uris), None)
+            .await
+            .expect("TLS handshake");
+        let error = client
+            .record(entry("app", "/a.B/C").build())
+            .await
+            .unwrap_err();
+        let status = error.status().expect("status");
+        assert_eq!(status.code(), Code::Unauthenticated, "{uris:?}");
+        assert!(
+            status.message().contains(reason),
+            "{uris:?}: {}",
+            status.message()
+        );
+    }
+
+    // A certificate from a CA the server does not trust fails the handshake itself.
+    let stranger = Pki::authority("stranger CA");
+    let attempt = pki
+        .client(&server, Some(&["spiffe://test.example/x"]), Some(&stranger))
+        .await;
+    match attempt {
+        Err(_) => {}
+        Ok(client) => assert!(client.record(entry("app", "/a.B/C").build()).await.is_err()),
+    }
+
+    // Each refused attempt is in the trail, named by the plaintext loopback reader.
+    let reader = server.client().await;
+    let denied = query(&reader, denied_filter()).await;
+    assert_eq!(denied.len(), 4, "{denied:#?}");
+    for entry in &denied {
+        assert_eq!(entry.source, "audit-server");
+        assert_eq!(entry.method, "/audit.v1.AuditService/Record");
+        assert_eq!(entry.status_code, Code::Unauthenticated as i32);
+    }
+    assert_eq!(all_entries(&reader).await.len(), 5);
+}
+
+#[tokio::test]
+async fn a_tls_listener_without_policy_refuses_callers_without_a_certificate() {
+    let pki = Pki::new();
+    let server = start(&pki, false, &[]).await;
+    let anonymous = pki.client(&server, None, None).await.expect("TLS connect");
+    let error = anonymous
+        .record(entry("app", "/a.B/C").build())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::Unauthenticated));
+    assert!(
+        error
+            .status()
+            .unwrap()
+            .message()
+            .contains("client certificate is required"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_policy_grants_each_permission_to_its_identities_and_records_refusals() {
+    let pki = Pki::new();
+    let policy = pki.path("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[grant]]
+to = ["spiffe://test.example/writers/*"]
+allow = ["record"]
+
+[[grant]]
+to = ["spiffe://test.example/siem"]
+allow = ["read"]
+"#,
+    )
+    .unwrap();
+    let server = start(&pki, true, &["--policy", policy.to_str().unwrap()]).await;
+    let writer = pki
+        .client(
+            &server,
+            Some(&["spiffe://test.example/writers/billing"]),
+            None,
+        )
+        .await
+        .unwrap();
+    let reader = pki
+        .client(&server, Some(&["spiffe://test.example/siem"]), None)
+        .await
+        .unwrap();
+    let other = pki
+        .client(&server, Some(&["spiffe://test.example/writers-not"]), None)
+        .await
+        .unwrap();
+
+    writer
+        .record(entry("billing", "/a.B/C").build())
+        .await
+        .expect("writers may record");
+    let read_refused = writer
+        .raw()
+        .query(pb::QueryRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(read_refused.code(), Code::PermissionDenied);
+    assert!(
+        read_refused.message().contains("`read`"),
+        "{}",
+        read_refused.message()
+    );
+
+    let record_refused = reader
+        .record(entry("siem", "/a.B/C").build())
+        .await
+        .unwrap_err();
+    assert_eq!(record_refused.code(), Some(Code::PermissionDenied));
+    let subscribe_refused = other
+        .raw()
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(subscribe_refused.code(), Code::PermissionDenied);
+
+    // Plaintext loopback is granted nothing by this policy.
+    let loopback = server.client().await;
+    let error = loopback
+        .record(entry("app", "/a.B/C").build())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::Unauthenticated));
+
+    let denied = query(&reader, denied_filter()).await;
+    let summary: Vec<(String, String, String)> = denied
+        .iter()
+        .map(|e| {
+            let spiffe_id = match e.caller.as_ref().and_then(|c| c.peer.as_ref()) {
+                Some(pb::caller::Peer::Network(n)) => n.spiffe_id.clone(),
+                _ => String::new(),
+            };
+            (e.method.clone(), e.labels["permission"].clone(), spiffe_id)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "/audit.v1.AuditService/Query".to_string(),
+                "read".to_string(),
+                "spiffe://test.example/writers/billing".to_string()
+            ),
+            (
+                "/audit.v1.AuditService/Record".to_string(),
+                "record".to_string(),
+                "spiffe://test.example/siem".to_string()
+            ),
+            (
+                "/audit.v1.AuditService/Subscribe".to_string(),
+                "read".to_string(),
+                "spiffe://test.example/writers-not".to_string()
+            ),
+            (
+                "/audit.v1.AuditService/Record".to_string(),
+                "record".to_string(),
+                String::new()
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn refusals_beyond_the_budget_are_not_recorded() {
+    let pki = Pki::new();
+    let server = start(&pki, false, &["--max-denied-per-second", "3"]).await;
+    let anonymous = pki.client(&server, None, None).await.unwrap();
+    for _ in 0..10 {
+        let error = anonymous
+            .record(entry("app", "/a.B/C").build())
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some(Code::Unauthenticated));
+    }
+    let denied = query(&server.client().await, denied_filter()).await;
+    assert!(
+        (3..=6).contains(&denied.len()),
+        "at most 3 per second recorded, got {}",
+        denied.len()
+    );
+}
