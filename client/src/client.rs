@@ -1,6 +1,11 @@
 //! [`Client`]: typed calls to the audit service.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
 
 use audit_proto::pb;
 use pb::audit_service_client::AuditServiceClient;
@@ -42,23 +47,33 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the server at `uri` (`http://host:port`; `host:port` is taken as `http://`).
-    /// Fails when the address is invalid or the server cannot be reached within 5 seconds. The
-    /// connection is re-established automatically after it drops.
+    /// Connects to the server at `uri`: `http://host:port` (`host:port` is taken as `http://`),
+    /// or `unix:/path/to/socket` for the server's Unix socket. Fails when the address is invalid
+    /// or the server cannot be reached within 5 seconds. The connection is re-established
+    /// automatically after it drops.
     pub async fn connect(uri: impl Into<String>) -> Result<Self, Error> {
-        let (uri, endpoint) = endpoint(uri.into())?;
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|error| Error::Connect { uri, error })?;
+        let (uri, endpoint, socket) = endpoint(uri.into())?;
+        let channel = match socket {
+            Some(socket) => {
+                endpoint
+                    .connect_with_connector(unix_connector(socket))
+                    .await
+            }
+            None => endpoint.connect().await,
+        }
+        .map_err(|error| Error::Connect { uri, error })?;
         Ok(Self::from_channel(channel))
     }
 
     /// Like [`Client::connect`], but connects on the first call instead of now, so it only fails
     /// for an invalid address.
     pub fn connect_lazy(uri: impl Into<String>) -> Result<Self, Error> {
-        let (_, endpoint) = endpoint(uri.into())?;
-        Ok(Self::from_channel(endpoint.connect_lazy()))
+        let (_, endpoint, socket) = endpoint(uri.into())?;
+        let channel = match socket {
+            Some(socket) => endpoint.connect_with_connector_lazy(unix_connector(socket)),
+            None => endpoint.connect_lazy(),
+        };
+        Ok(Self::from_channel(channel))
     }
 
     /// Uses an existing channel (for TLS, custom timeouts, or a Unix socket connector).
@@ -148,13 +163,21 @@ impl Client {
 }
 
 /// Parses `uri` (adding `http://` when it has no scheme) into an endpoint with our timeouts.
-fn endpoint(uri: String) -> Result<(String, Endpoint), Error> {
-    let uri = if uri.contains("://") {
-        uri
+/// The endpoint for `uri`, and the socket path for a `unix:` URI.
+fn endpoint(uri: String) -> Result<(String, Endpoint, Option<PathBuf>), Error> {
+    let socket = uri
+        .strip_prefix("unix://")
+        .or_else(|| uri.strip_prefix("unix:"))
+        .map(PathBuf::from);
+    let http_uri = if socket.is_some() {
+        // The authority is unused: the connector dials the socket.
+        "http://localhost".to_string()
+    } else if uri.contains("://") {
+        uri.clone()
     } else {
         format!("http://{uri}")
     };
-    let endpoint = Endpoint::from_shared(uri.clone())
+    let endpoint = Endpoint::from_shared(http_uri.clone())
         .map_err(|error| Error::InvalidUri {
             uri: uri.clone(),
             error,
@@ -163,7 +186,25 @@ fn endpoint(uri: String) -> Result<(String, Endpoint), Error> {
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    Ok((uri, endpoint))
+    let shown = if socket.is_some() { uri } else { http_uri };
+    Ok((shown, endpoint, socket))
+}
+
+/// Dials the Unix socket at `path` for every connection of a channel.
+fn unix_connector(
+    path: PathBuf,
+) -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<UnixStream>,
+    Error = std::io::Error,
+    Future = impl Future<Output = std::io::Result<TokioIo<UnixStream>>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: http::Uri| {
+        let path = path.clone();
+        async move { UnixStream::connect(path).await.map(TokioIo::new) }
+    })
 }
 
 #[cfg(test)]
@@ -172,10 +213,19 @@ mod tests {
 
     #[test]
     fn adds_missing_scheme() {
-        let (uri, _) = endpoint("127.0.0.1:50051".into()).unwrap();
-        assert_eq!(uri, "http://127.0.0.1:50051");
-        let (uri, _) = endpoint("https://audit.example:443".into()).unwrap();
+        let (uri, _, socket) = endpoint("127.0.0.1:50051".into()).unwrap();
+        assert_eq!((uri.as_str(), socket), ("http://127.0.0.1:50051", None));
+        let (uri, _, _) = endpoint("https://audit.example:443".into()).unwrap();
         assert_eq!(uri, "https://audit.example:443");
+    }
+
+    #[test]
+    fn unix_uris_name_a_socket() {
+        for uri in ["unix:/run/audit.sock", "unix:///run/audit.sock"] {
+            let (shown, _, socket) = endpoint(uri.into()).unwrap();
+            assert_eq!(shown, uri);
+            assert_eq!(socket, Some(PathBuf::from("/run/audit.sock")));
+        }
     }
 
     #[test]

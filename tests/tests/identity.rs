@@ -2,32 +2,17 @@
 //! SPIFFE ID of a mutual-TLS client certificate, or the TCP peer address; permissions from a
 //! policy file, with every refusal recorded as a DENIED entry.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use audit_client::{Client, pb};
 use audit_tests::{TestServer, all_entries, entry, query};
-use hyper_util::rt::TokioIo;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, SanType,
 };
 use tempfile::TempDir;
-use tokio::net::UnixStream;
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-/// A client connected over the server's Unix socket.
-async fn unix_client(socket: &Path) -> Client {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-        }))
-        .await
-        .expect("connect over the unix socket");
-    Client::from_channel(channel)
-}
 
 #[tokio::test]
 async fn the_unix_socket_recorder_is_this_process() {
@@ -41,7 +26,9 @@ async fn the_unix_socket_recorder_is_this_process() {
         0o660
     );
 
-    let client = unix_client(&socket).await;
+    let client = Client::connect(format!("unix:{}", socket.display()))
+        .await
+        .expect("connect over the unix socket");
     // A recorder sent by the client is replaced by what the kernel says.
     let mut forged = entry("app", "/a.B/C").build();
     forged.recorder = Some(pb::Recorder {
@@ -70,6 +57,24 @@ async fn the_unix_socket_recorder_is_this_process() {
         stored.recorder.and_then(|r| r.peer),
         Some(pb::recorder::Peer::Unix(expected))
     );
+
+    // The CLI speaks to the socket too.
+    let cli = std::process::Command::new(audit_tests::binary("audit"))
+        .args([
+            "--server",
+            &format!("unix:{}", socket.display()),
+            "query",
+            "--json",
+        ])
+        .output()
+        .expect("run audit");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let line = String::from_utf8(cli.stdout).unwrap();
+    assert!(line.contains("\"binaryPath\""), "{line}");
 
     let status = server.stop().await;
     assert!(status.success());

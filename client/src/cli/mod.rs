@@ -20,7 +20,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "audit", version, propagate_version = true)]
 pub struct Cli {
-    /// Address of the audit server.
+    /// Address of the audit server: `http://host:port`, or `unix:/path/to/socket` for its Unix
+    /// socket.
     #[arg(
         long,
         global = true,
