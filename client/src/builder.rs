@@ -213,6 +213,13 @@ impl EntryBuilder {
     }
 }
 
+/// Starts from an existing entry, to change or complete it.
+impl From<pb::AuditEntry> for EntryBuilder {
+    fn from(entry: pb::AuditEntry) -> Self {
+        EntryBuilder { entry }
+    }
+}
+
 impl From<EntryBuilder> for pb::AuditEntry {
     fn from(builder: EntryBuilder) -> Self {
         builder.build()

@@ -3,6 +3,8 @@
 //! - [`Client`]: `record`, `record_batch`, `subscribe` (a [`Subscription`] that resumes after
 //!   dropped connections), `query` (a stream that follows page tokens) and `health`.
 //! - [`EntryBuilder`]: entries without assembling protobuf by hand.
+//! - [`AuditLayer`]: a tower layer that audits every call of a tonic server through a
+//!   background [`Recorder`] (see [`layer`]).
 //! - [`json`]: proto3 JSON in both directions; [`render`]: safe one-line rendering.
 //!
 //! Filters are the generated [`pb::Filter`]; set the fields you need and leave the rest:
@@ -24,6 +26,7 @@ mod client;
 mod code;
 mod error;
 pub mod json;
+pub mod layer;
 mod query;
 pub mod render;
 mod subscribe;
@@ -33,5 +36,6 @@ pub use builder::EntryBuilder;
 pub use client::{Client, ServingStatus};
 pub use code::{code_name, parse_code};
 pub use error::Error;
+pub use layer::{AuditHandle, AuditLayer, FailureMode, Recorder, RecorderConfig, RecorderStats};
 pub use query::{EntryStream, QueryOptions};
 pub use subscribe::{RetryPolicy, Start, Subscription};

@@ -76,6 +76,11 @@ impl TestServer {
         Self::launch(data_dir, "127.0.0.1:0", args).await
     }
 
+    /// Starts a server on `addr` (e.g. the address of a stopped one, to bring it back).
+    pub async fn start_on(addr: SocketAddr, data_dir: &Path, args: &[&str]) -> Self {
+        Self::launch(data_dir, &addr.to_string(), args).await
+    }
+
     async fn launch(data_dir: &Path, listen: &str, args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut child = Command::new(binary("audit-server"))

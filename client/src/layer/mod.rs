@@ -1,0 +1,299 @@
+//! [`AuditLayer`]: a tower layer that records one audit entry per call of any tonic server.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use audit_client::{AuditLayer, Client, Recorder, RecorderConfig};
+//!
+//! let client = Client::connect_lazy("http://127.0.0.1:50051")?;
+//! let recorder = Recorder::spawn(client, RecorderConfig::new("keystore"));
+//! let layer = AuditLayer::new(recorder)
+//!     .principal_from_header("x-user")
+//!     .exclude("/grpc.health.v1.Health/*");
+//! let server = tonic::transport::Server::builder().layer(layer);
+//! // server.add_service(KeyStoreServer::new(store)).serve(addr).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Per call, the entry holds the full method, the caller (Unix peer credentials, or network
+//! address and SPIFFE ID, from [`audit_identity::Peer`]; the principal from a pluggable
+//! extractor; the user agent), the gRPC status code and message (from the headers of a
+//! trailers-only response, else from the trailers at the end of the stream, so streaming and
+//! failing calls are covered), the latency, and the `request_id`: the caller's `x-request-id`
+//! metadata, or a generated UUIDv7, returned in the `x-request-id` response header either way.
+//! A call that ends without a status (cancelled, connection closed) is recorded as
+//! `CANCELLED`.
+//!
+//! Handlers add per-operation entries and describe the call through the [`AuditHandle`] in the
+//! request extensions.
+//!
+//! # Failure modes
+//!
+//! - [`FailureMode::Open`] (the default): the call never waits for the audit trail. Its entry is
+//!   queued and delivered in the background with retries; when the queue is full the entry is
+//!   dropped, counted ([`RecorderStats::dropped`]) and logged.
+//! - [`FailureMode::Closed`]: Vault's rule, an unaudited call must not succeed. Before running
+//!   the handler, the layer refuses the call with `UNAVAILABLE` ("audit trail unavailable") if
+//!   the recorder knows the audit service is unreachable or its queue is full, so the handler
+//!   does not act while the trail is down (the refusal is itself queued as the call's entry).
+//!   Otherwise the handler runs, and the call's final status (trailers, or a trailers-only
+//!   response) is held until its entry is stored; if that does not happen within the deadline,
+//!   the status becomes `UNAVAILABLE` instead. Messages a streaming handler already sent are not
+//!   taken back, and an entry stored after its deadline still records what the handler did.
+
+mod call;
+mod handle;
+mod recorder;
+mod response;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use audit_identity::Peer;
+use audit_proto::pb;
+use http::HeaderValue;
+use tower::{Layer, Service};
+
+use call::CallRecord;
+use response::REQUEST_ID;
+
+pub use handle::AuditHandle;
+pub use recorder::{Recorder, RecorderConfig, RecorderStats};
+pub use response::{AuditBody, ResponseFuture};
+
+/// What happens to a call whose entry cannot be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Serve it anyway; the entry is retried in the background, or dropped and counted when the
+    /// queue is full.
+    #[default]
+    Open,
+    /// Refuse it with `UNAVAILABLE` unless its entry is stored within `deadline`.
+    Closed {
+        /// How long a finished call may wait for its entry to be stored.
+        deadline: Duration,
+    },
+}
+
+/// Extracts the caller's principal from a request's head.
+type PrincipalFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
+
+/// A tower layer that audits every call of a tonic server; see the [module docs](self).
+#[derive(Clone)]
+pub struct AuditLayer {
+    recorder: Recorder,
+    mode: FailureMode,
+    excluded: Arc<[String]>,
+    principal: Option<Arc<PrincipalFn>>,
+}
+
+impl AuditLayer {
+    /// Audits calls through `recorder`, fail-open.
+    pub fn new(recorder: Recorder) -> Self {
+        AuditLayer {
+            recorder,
+            mode: FailureMode::Open,
+            excluded: Arc::new([]),
+            principal: None,
+        }
+    }
+
+    /// Sets the failure mode (fail-open by default).
+    pub fn failure_mode(mut self, mode: FailureMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Fail-closed: a call is refused with `UNAVAILABLE` unless its entry is stored within
+    /// `deadline`.
+    pub fn fail_closed(self, deadline: Duration) -> Self {
+        self.failure_mode(FailureMode::Closed { deadline })
+    }
+
+    /// Does not audit `method`: a full method (`/grpc.health.v1.Health/Check`) or a prefix
+    /// ending in `*` (`/grpc.health.v1.Health/*`).
+    pub fn exclude(mut self, method: impl Into<String>) -> Self {
+        let mut excluded = self.excluded.to_vec();
+        excluded.push(method.into());
+        self.excluded = excluded.into();
+        self
+    }
+
+    /// Takes the caller's principal from the request head (metadata set by an authentication
+    /// layer in front of this one, a verified token, ...). Unset by default; handlers can also
+    /// set it with [`AuditHandle::annotate`].
+    pub fn principal(
+        mut self,
+        extract: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.principal = Some(Arc::new(extract));
+        self
+    }
+
+    /// Takes the caller's principal from the metadata header `name`, as sent. Trust it only
+    /// when something in front of the service (a proxy, an authentication layer) sets it.
+    pub fn principal_from_header(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.principal(move |parts| {
+            let value = parts.headers.get(name.as_str())?.to_str().ok()?;
+            Some(value.to_string())
+        })
+    }
+
+    /// The recorder entries go to.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+}
+
+impl fmt::Debug for AuditLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLayer")
+            .field("recorder", &self.recorder)
+            .field("mode", &self.mode)
+            .field("excluded", &self.excluded)
+            .field("principal", &self.principal.is_some())
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// A service audited by an [`AuditLayer`].
+#[derive(Debug, Clone)]
+pub struct Audit<S> {
+    inner: S,
+    layer: AuditLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Audit<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<AuditBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let layer = &self.layer;
+        let method = request.uri().path();
+        if layer
+            .excluded
+            .iter()
+            .any(|pattern| matches(pattern, method))
+        {
+            return ResponseFuture::new(self.inner.call(request), None, None);
+        }
+        let method = method.to_string();
+        let (mut parts, body) = request.into_parts();
+
+        let request_id = match parts.headers.get(REQUEST_ID) {
+            Some(id) if is_valid_request_id(id) => id.clone(),
+            _ => {
+                let id = HeaderValue::try_from(uuid::Uuid::now_v7().to_string())
+                    .expect("a UUID is a valid header value");
+                // The handler sees the same id in its metadata as the audit trail does.
+                parts.headers.insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let peer = Peer::from_extensions(&parts.extensions).unwrap_or_else(|error| {
+            tracing::debug!(%error, "caller's client certificate has no valid SPIFFE ID");
+            Peer::Unknown
+        });
+        let caller = pb::Caller {
+            peer: peer.to_caller_peer(),
+            principal: layer
+                .principal
+                .as_ref()
+                .and_then(|extract| extract(&parts))
+                .unwrap_or_default(),
+            user_agent: parts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|agent| agent.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            ..Default::default()
+        };
+        let template = pb::AuditEntry {
+            source: layer.recorder.source().to_string(),
+            method,
+            request_id: request_id.to_str().unwrap_or_default().to_string(),
+            time: Some(SystemTime::now().into()),
+            caller: Some(caller),
+            ..Default::default()
+        };
+        let handle = AuditHandle::new(template, layer.recorder.clone());
+        parts.extensions.insert(handle.clone());
+
+        let deadline = match layer.mode {
+            FailureMode::Open => None,
+            FailureMode::Closed { deadline } => Some(deadline),
+        };
+        let mut call = CallRecord::new(handle, deadline);
+        if deadline.is_some() && !layer.recorder.is_available() {
+            // Vault's rule: do not act while the audit trail is down. The refusal is queued as
+            // the call's entry, for when the trail comes back.
+            call.finish_open(tonic::Code::Unavailable, "audit trail unavailable");
+            return ResponseFuture::refused(Some(request_id));
+        }
+        let request = http::Request::from_parts(parts, body);
+        ResponseFuture::new(self.inner.call(request), Some(call), Some(request_id))
+    }
+}
+
+/// Whether `method` is `pattern`, or starts with it when it ends in `*`.
+fn matches(pattern: &str, method: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => method.starts_with(prefix),
+        None => method == pattern,
+    }
+}
+
+/// A caller's `x-request-id` is kept when it is 1 to 128 visible ASCII characters; otherwise
+/// the call gets a generated one.
+fn is_valid_request_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusion_patterns() {
+        assert!(matches(
+            "/grpc.health.v1.Health/*",
+            "/grpc.health.v1.Health/Check"
+        ));
+        assert!(matches("/a.B/C", "/a.B/C"));
+        assert!(!matches("/a.B/C", "/a.B/CD"));
+        assert!(!matches("/grpc.health.v1.Health/*", "/a.B/C"));
+    }
+
+    #[test]
+    fn request_id_validation() {
+        assert!(is_valid_request_id(&HeaderValue::from_static("req-42")));
+        assert!(!is_valid_request_id(&HeaderValue::from_static("")));
+        assert!(!is_valid_request_id(&HeaderValue::from_static("a b")));
+        let long = "x".repeat(129);
+        assert!(!is_valid_request_id(&HeaderValue::from_str(&long).unwrap()));
+    }
+}
