@@ -259,3 +259,40 @@ fn with_request_id<B>(
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_comes_from_grpc_status_and_decoded_message() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(status_in(&headers), None);
+        headers.insert("grpc-status", HeaderValue::from_static("5"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("key%20a%20does%20not%20exist"),
+        );
+        // Malformed details must not matter.
+        headers.insert("grpc-status-details-bin", HeaderValue::from_static("!!!"));
+        assert_eq!(
+            status_in(&headers),
+            Some((Code::NotFound, "key a does not exist".to_string()))
+        );
+    }
+
+    #[test]
+    fn refusals_are_unavailable() {
+        let trailers = unavailable_trailers();
+        assert_eq!(
+            status_in(&trailers),
+            Some((Code::Unavailable, "audit trail unavailable".to_string()))
+        );
+        let response = refusal::<tonic::body::Body>();
+        assert_eq!(
+            status_in(response.headers()),
+            Some((Code::Unavailable, "audit trail unavailable".to_string()))
+        );
+        assert!(response.body().is_end_stream());
+    }
+}
