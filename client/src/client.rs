@@ -9,7 +9,7 @@ use tokio::net::UnixStream;
 
 use audit_proto::pb;
 use pb::audit_service_client::AuditServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
@@ -62,6 +62,30 @@ impl Client {
             None => endpoint.connect().await,
         }
         .map_err(|error| Error::Connect { uri, error })?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Connects over TLS to `https://host:port` with `tls`: the CA that signs the server's
+    /// certificate and, for mutual TLS, the client's own certificate and key.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), audit_client::Error> {
+    /// use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    ///
+    /// let tls = ClientTlsConfig::new()
+    ///     .ca_certificate(Certificate::from_pem(std::fs::read("ca.pem").unwrap()))
+    ///     .identity(Identity::from_pem(
+    ///         std::fs::read("client.pem").unwrap(),
+    ///         std::fs::read("client.key").unwrap(),
+    ///     ));
+    /// let client = audit_client::Client::connect_tls("https://audit.example:50052", tls).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_tls(uri: impl Into<String>, tls: ClientTlsConfig) -> Result<Self, Error> {
+        let (uri, endpoint, _) = endpoint(uri.into())?;
+        let channel = async { endpoint.tls_config(tls)?.connect().await }
+            .await
+            .map_err(|error| Error::Connect { uri, error })?;
         Ok(Self::from_channel(channel))
     }
 

@@ -267,6 +267,62 @@ async fn mutual_tls_records_the_spiffe_id_and_refuses_bad_certificates() {
 }
 
 #[tokio::test]
+async fn the_cli_speaks_mutual_tls() {
+    let pki = Pki::new();
+    let server = start(&pki, true, &[]).await;
+    let (cert, key) = pki.leaf(
+        &["spiffe://test.example/ops/cli"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        &pki.ca,
+    );
+    std::fs::write(pki.path("cli.pem"), cert).unwrap();
+    std::fs::write(pki.path("cli.key"), key).unwrap();
+    let uri = format!("https://{}", server.tls_addr.unwrap());
+    let path = |name: &str| pki.path(name).display().to_string();
+    let tls_args = [
+        "--server".to_string(),
+        uri,
+        "--tls-ca".to_string(),
+        path("ca.pem"),
+        "--tls-cert".to_string(),
+        path("cli.pem"),
+        "--tls-key".to_string(),
+        path("cli.key"),
+        "--tls-domain".to_string(),
+        "localhost".to_string(),
+    ];
+    let audit = |extra: &[&str]| {
+        std::process::Command::new(audit_tests::binary("audit"))
+            .args(&tls_args)
+            .args(extra)
+            .output()
+            .expect("run audit")
+    };
+    let recorded = audit(&[
+        "record",
+        "--source",
+        "ops",
+        "--method",
+        "/ops.v1.Ops/Rotate",
+        "--outcome",
+        "success",
+    ]);
+    assert!(
+        recorded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recorded.stderr)
+    );
+    let queried = audit(&["query", "--json"]);
+    assert!(
+        queried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&queried.stderr)
+    );
+    let out = String::from_utf8(queried.stdout).unwrap();
+    assert!(out.contains("spiffe://test.example/ops/cli"), "{out}");
+}
+
+#[tokio::test]
 async fn a_tls_listener_without_policy_refuses_callers_without_a_certificate() {
     let pki = Pki::new();
     let server = start(&pki, false, &[]).await;

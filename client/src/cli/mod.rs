@@ -8,10 +8,13 @@ mod record;
 mod tail;
 
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use audit_client::{Client, render};
 use clap::{Parser, Subcommand, ValueEnum};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// Tail, query and record entries of an audit service, and check its health.
 ///
@@ -30,12 +33,68 @@ pub struct Cli {
         value_name = "URI"
     )]
     server: String,
+    /// Connection security, for an `https://` server.
+    #[command(flatten)]
+    tls: TlsArgs,
     /// When to colour human-readable output: `auto` colours only when stdout is a terminal and
     /// NO_COLOR is unset.
     #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
     color: ColorChoice,
     #[command(subcommand)]
     command: Command,
+}
+
+/// TLS settings for `https://` servers.
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// CA certificate (PEM) that signs the server's certificate; the system's roots are not
+    /// used.
+    #[arg(long, global = true, env = "AUDIT_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; its one URI SAN is the SPIFFE ID the server sees.
+    #[arg(
+        long,
+        global = true,
+        env = "AUDIT_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(
+        long,
+        global = true,
+        env = "AUDIT_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Name to expect in the server's certificate, when it differs from the URI's host.
+    #[arg(long, global = true, env = "AUDIT_TLS_DOMAIN", value_name = "NAME")]
+    tls_domain: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS configuration these flags describe, or `None` when none is given.
+    fn config(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+        if self.tls_ca.is_none() && self.tls_cert.is_none() && self.tls_domain.is_none() {
+            return Ok(None);
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &self.tls_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(domain) = &self.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        Ok(Some(tls))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,7 +152,13 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let color = cli.color.enabled();
-    let connect = || Client::connect(cli.server.clone());
+    let tls = cli.tls.config()?;
+    let connect = || async {
+        match tls.clone() {
+            Some(tls) => Client::connect_tls(cli.server.clone(), tls).await,
+            None => Client::connect(cli.server.clone()).await,
+        }
+    };
     match cli.command {
         Command::Tail(args) => tail::run(connect().await?, args, color).await,
         Command::Query(args) => query::run(connect().await?, args, color).await,
