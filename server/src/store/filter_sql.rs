@@ -1,6 +1,6 @@
-//! Translation of a `Filter` into an SQL condition over the `entries` table.
+//! A `Filter` as an SQL condition over the `entries` table, and the same test in memory.
 
-use audit_proto::pb::Filter;
+use audit_proto::pb::{AuditEntry, Filter, caller};
 use rusqlite::types::Value;
 
 use crate::validate::timestamp_nanos;
@@ -90,6 +90,53 @@ pub fn condition(filter: &Filter) -> Condition {
         c.sql.push('1');
     }
     c
+}
+
+/// Whether `entry` (as stored) matches `filter` (already validated): the same test as
+/// [`condition`], evaluated in memory for entries the store still holds in memory.
+pub fn matches(filter: &Filter, entry: &AuditEntry) -> bool {
+    let text = |wanted: &str, value: &str| wanted.is_empty() || wanted == value;
+    let text_or_prefix = |wanted: &str, value: &str| match wanted.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => text(wanted, value),
+    };
+    let any_of = |wanted: &[i32], value: i32| wanted.is_empty() || wanted.contains(&value);
+    let (principal, spiffe_id) = match &entry.caller {
+        Some(caller) => (
+            caller.principal.as_str(),
+            match &caller.peer {
+                Some(caller::Peer::Network(network)) => network.spiffe_id.as_str(),
+                _ => "",
+            },
+        ),
+        None => ("", ""),
+    };
+    let time = entry.time.as_ref().and_then(timestamp_nanos).unwrap_or(0);
+    text(&filter.request_id, &entry.request_id)
+        && text(&filter.source, &entry.source)
+        && text_or_prefix(&filter.method, &entry.method)
+        && text(&filter.principal, principal)
+        && text_or_prefix(&filter.spiffe_id, spiffe_id)
+        && any_of(&filter.outcomes, entry.outcome)
+        && any_of(&filter.status_codes, entry.status_code)
+        && text(&filter.event, &entry.event)
+        && text(&filter.category, &entry.category)
+        && text_or_prefix(&filter.resource, &entry.resource)
+        && (filter.min_level <= 0 || entry.level >= filter.min_level)
+        && filter
+            .start_time
+            .as_ref()
+            .and_then(timestamp_nanos)
+            .is_none_or(|start| time >= start)
+        && filter
+            .end_time
+            .as_ref()
+            .and_then(timestamp_nanos)
+            .is_none_or(|end| time < end)
+        && filter
+            .labels
+            .iter()
+            .all(|(key, value)| entry.labels.get(key) == Some(value))
 }
 
 #[cfg(test)]

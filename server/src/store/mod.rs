@@ -1,6 +1,7 @@
 //! Persistence of the audit log behind one small trait, and its embedded SQLite implementation.
 
 mod filter_sql;
+mod recent;
 pub mod sqlite;
 
 use std::future::Future;

@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::filter_sql::condition;
+use super::recent::{self, Recent};
 use super::{Direction, Page, Read, Receipt, Store};
 use crate::error::Error;
 use crate::validate::{NewEntry, timestamp_nanos};
@@ -85,6 +86,8 @@ struct Inner {
     pending_bytes: Arc<Semaphore>,
     max_pending_bytes: u32,
     readers: Readers,
+    /// The newest committed entries, which answer the reads of subscribers that keep up.
+    recent: Arc<Mutex<Recent>>,
     head: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -123,12 +126,7 @@ impl SqliteStore {
                 .open(&path)
                 .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
         }
-        let mut conn = Connection::open(&path)
-            .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: each commit syncs the WAL, so an acknowledged entry survives power loss.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        migrate(&mut conn)?;
+        let conn = open_writer(&path)?;
         // The database file's directory entry must be durable too; SQLite syncs it only for
         // journals.
         File::open(data_dir)
@@ -148,9 +146,14 @@ impl SqliteStore {
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32)
             .max(1);
+        let recent = Arc::new(Mutex::new(Recent::new(
+            recent::MAX_ENTRIES,
+            recent::MAX_BYTES,
+        )));
         let writer = Writer {
             conn,
             jobs: jobs_rx,
+            recent: recent.clone(),
             next_sequence: head + 1,
             max_group_entries: options.max_group_entries.max(1),
             head: head_tx,
@@ -167,6 +170,7 @@ impl SqliteStore {
                 pending_bytes: Arc::new(Semaphore::new(max_pending_bytes as usize)),
                 max_pending_bytes,
                 readers,
+                recent,
                 head: head_rx,
                 writable: writable_rx,
                 writer: Mutex::new(Some(handle)),
@@ -215,6 +219,9 @@ impl Store for SqliteStore {
     }
 
     async fn read(&self, read: Read) -> Result<Page, Error> {
+        if let Some(page) = self.inner.recent.lock().expect("recent lock").read(&read) {
+            return Ok(page);
+        }
         self.inner
             .readers
             .run(move |conn| read_page(conn, &read))
@@ -273,6 +280,17 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, Error> {
     Ok(lock)
 }
 
+/// Opens the write connection: WAL, synchronous=FULL, schema up to date.
+fn open_writer(path: &Path) -> Result<Connection, Error> {
+    let mut conn = Connection::open(path)
+        .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: each commit syncs the WAL, so an acknowledged entry survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), Error> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     match version {
@@ -295,6 +313,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
 struct Writer {
     conn: Connection,
     jobs: mpsc::UnboundedReceiver<WriteJob>,
+    recent: Arc<Mutex<Recent>>,
     next_sequence: u64,
     max_group_entries: usize,
     head: watch::Sender<u64>,
@@ -344,6 +363,7 @@ impl Writer {
             let first_sequence = self.next_sequence;
             match self.commit(&group) {
                 Ok(outcomes) => {
+                    self.remember(&mut group, &outcomes, first_sequence);
                     if self.next_sequence != first_sequence {
                         self.head.send_replace(self.next_sequence - 1);
                     }
@@ -367,6 +387,37 @@ impl Writer {
             }
         }
         tracing::debug!("store writer stopped");
+    }
+
+    /// Moves the entries the last commit stored into the recent window, before the new head is
+    /// published: entries inserted now got consecutive sequences from `first_sequence`, in job
+    /// order; retries of stored ids and failed jobs got none.
+    fn remember(
+        &self,
+        group: &mut [WriteJob],
+        outcomes: &[Result<Vec<Receipt>, JobFailure>],
+        first_sequence: u64,
+    ) {
+        let mut recent = self.recent.lock().expect("recent lock");
+        let mut expected = first_sequence;
+        for (job, outcome) in group.iter_mut().zip(outcomes) {
+            let Ok(receipts) = outcome else { continue };
+            for (new, receipt) in job.entries.drain(..).zip(receipts) {
+                if receipt.sequence == expected {
+                    recent.push(new.entry, expected);
+                    expected += 1;
+                }
+            }
+        }
+        if expected != self.next_sequence {
+            // Never expected; the database stays the truth, so drop the window.
+            tracing::warn!(
+                expected,
+                next = self.next_sequence,
+                "recent window out of step"
+            );
+            recent.clear();
+        }
     }
 
     /// Applies every job in one transaction and commits it with one fsync.
@@ -476,6 +527,46 @@ fn caller_identity(entry: &AuditEntry) -> (&str, &str) {
     (caller.principal.as_str(), spiffe_id)
 }
 
+// === impl DirectWriter ===
+
+/// The store's inserts without its queue, writer thread or gRPC: the same schema, durability and
+/// rows, one transaction (one fsync) per call on the caller's thread. The benchmarks measure it
+/// as the storage ceiling of the server.
+pub struct DirectWriter {
+    conn: Connection,
+    next_sequence: u64,
+}
+
+impl DirectWriter {
+    /// Opens (creating if needed) `audit.db` in `data_dir`, which no server may be using.
+    pub fn open(data_dir: &Path) -> Result<Self, Error> {
+        let conn = open_writer(&data_dir.join("audit.db"))?;
+        let head: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(sequence), 0) FROM entries",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(Self {
+            conn,
+            next_sequence: head as u64 + 1,
+        })
+    }
+
+    /// Inserts `entries` in one transaction and commits it.
+    pub fn append(&mut self, entries: &[NewEntry]) -> Result<(), Error> {
+        let mut next = self.next_sequence;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Err(JobFailure::Conflict { field, id }) = insert_job(&tx, entries, &mut next)? {
+            return Err(Error::IdConflict { field, id });
+        }
+        tx.commit()?;
+        self.next_sequence = next;
+        Ok(())
+    }
+}
+
 // === impl Readers ===
 
 /// A fixed pool of read-only connections, used on blocking threads.
@@ -574,5 +665,149 @@ fn read_page(conn: &Connection, read: &Read) -> Result<Page, Error> {
 impl From<rusqlite::types::FromSqlError> for Error {
     fn from(error: rusqlite::types::FromSqlError) -> Self {
         Error::Internal(error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use audit_proto::pb::{self, Filter};
+
+    use super::*;
+    use crate::config::Limits;
+    use crate::validate::{self, Context};
+
+    fn new_entry(i: usize) -> NewEntry {
+        let entry = pb::AuditEntry {
+            source: ["billing", "kms"][i % 2].into(),
+            method: format!("/svc.v1.S/M{}", i % 3),
+            event: format!("e{}", i % 2),
+            category: format!("c{}", i % 3),
+            resource: format!("res/{i}"),
+            outcome: 1 + (i % 3) as i32,
+            status_code: (i % 5) as i32,
+            level: 1 + (i % 5) as i32,
+            caller: Some(pb::Caller {
+                principal: format!("p{}", i % 4),
+                peer: Some(pb::caller::Peer::Network(pb::NetworkPeer {
+                    spiffe_id: format!("spiffe://x/{}", i % 2),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+            labels: [("k".to_string(), format!("{}", i % 2))].into(),
+            time: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000 + i as i64,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let context = Context {
+            received_time: validate::now(),
+            recorder: None,
+        };
+        validate::entry(entry, "entry", None, &context, &Limits::default()).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn reads_of_recent_entries_match_the_database() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = Options {
+            max_pending_bytes: 1 << 20,
+            max_group_entries: 64,
+            read_connections: 1,
+        };
+        let store = SqliteStore::open(dir.path(), &options).expect("open");
+        let entries: Vec<_> = (0..60).map(new_entry).collect();
+        store.append(entries[..30].to_vec()).await.expect("append");
+        // A retry of a stored id is not stored again, so it takes no sequence.
+        let receipts = store
+            .append(vec![entries[3].clone(), entries[30].clone()])
+            .await
+            .expect("append");
+        assert_eq!(receipts[0].sequence, 4);
+        assert_eq!(receipts[1].sequence, 31);
+        for entry in &entries[31..] {
+            store.append(vec![entry.clone()]).await.expect("append");
+        }
+        let head = *store.head().borrow();
+        assert_eq!(head, 60);
+
+        let filters = [
+            Filter::default(),
+            Filter {
+                source: "kms".into(),
+                ..Default::default()
+            },
+            Filter {
+                method: "/svc.v1.S/*".into(),
+                outcomes: vec![2, 3],
+                ..Default::default()
+            },
+            Filter {
+                method: "/svc.v1.S/M1".into(),
+                principal: "p1".into(),
+                ..Default::default()
+            },
+            Filter {
+                spiffe_id: "spiffe://x/*".into(),
+                status_codes: vec![0, 4],
+                min_level: 3,
+                ..Default::default()
+            },
+            Filter {
+                event: "e1".into(),
+                category: "c2".into(),
+                resource: "res/1*".into(),
+                ..Default::default()
+            },
+            Filter {
+                labels: [("k".to_string(), "1".to_string())].into(),
+                start_time: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_010,
+                    nanos: 0,
+                }),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_040,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            Filter {
+                request_id: entries[7].entry.request_id.clone(),
+                ..Default::default()
+            },
+        ];
+        for filter in filters {
+            for after in [0, 10, 29, 59] {
+                for (limit, max_bytes) in [(1, usize::MAX), (7, usize::MAX), (100, 500)] {
+                    let read = Read {
+                        filter: filter.clone(),
+                        direction: Direction::Ascending { after },
+                        through: head,
+                        limit,
+                        max_bytes,
+                    };
+                    let memory = store
+                        .inner
+                        .recent
+                        .lock()
+                        .unwrap()
+                        .read(&read)
+                        .expect("in the recent window");
+                    let database = store
+                        .inner
+                        .readers
+                        .run(move |conn| read_page(conn, &read))
+                        .await
+                        .expect("read");
+                    assert_eq!(memory.entries, database.entries, "{filter:?} after {after}");
+                    assert_eq!(
+                        memory.exhausted, database.exhausted,
+                        "{filter:?} after {after}"
+                    );
+                }
+            }
+        }
+        store.close().await;
     }
 }
