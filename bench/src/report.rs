@@ -172,7 +172,7 @@ impl Report {
             ] {
                 push(
                     &mut ratios,
-                    format!("{} / {}", &ours[6..], &peer[9..]),
+                    format!("{} / PostgreSQL {}", &ours[6..], &peer[9..]),
                     &ours,
                     &peer,
                     None,
