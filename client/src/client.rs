@@ -168,6 +168,75 @@ impl Client {
         query_stream(self.audit.clone(), filter, options)
     }
 
+    /// The newest checkpoint (`size` 0) or the one of `size` entries, with the public key the
+    /// server signs with. Use [`crate::verify`] to check it.
+    pub async fn checkpoint_response(&self, size: u64) -> Result<pb::GetCheckpointResponse, Error> {
+        let request = pb::GetCheckpointRequest { size };
+        Ok(self
+            .audit
+            .clone()
+            .get_checkpoint(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Up to `page_size` stored checkpoints with an index above `after_index`, oldest first.
+    pub async fn checkpoints(
+        &self,
+        after_index: u64,
+        page_size: u32,
+    ) -> Result<Vec<pb::Checkpoint>, Error> {
+        let request = pb::ListCheckpointsRequest {
+            after_index,
+            page_size,
+        };
+        Ok(self
+            .audit
+            .clone()
+            .list_checkpoints(request)
+            .await?
+            .into_inner()
+            .checkpoints)
+    }
+
+    /// The Merkle audit path of entry `sequence` in the tree of `tree_size` entries (0: the
+    /// newest checkpoint's size). See [`crate::verify::check_inclusion`].
+    pub async fn inclusion_proof(
+        &self,
+        sequence: u64,
+        tree_size: u64,
+    ) -> Result<pb::GetInclusionProofResponse, Error> {
+        let request = pb::GetInclusionProofRequest {
+            sequence,
+            tree_size,
+        };
+        Ok(self
+            .audit
+            .clone()
+            .get_inclusion_proof(request)
+            .await?
+            .into_inner())
+    }
+
+    /// The proof that the log of `first_size` entries is a prefix of the log of `second_size`
+    /// (0: the newest checkpoint's size). See [`crate::verify::check_consistency`].
+    pub async fn consistency_proof(
+        &self,
+        first_size: u64,
+        second_size: u64,
+    ) -> Result<pb::GetConsistencyProofResponse, Error> {
+        let request = pb::GetConsistencyProofRequest {
+            first_size,
+            second_size,
+        };
+        Ok(self
+            .audit
+            .clone()
+            .get_consistency_proof(request)
+            .await?
+            .into_inner())
+    }
+
     /// The health of `service` (`""` for the whole server, [`audit_proto::SERVICE_NAME`] for the
     /// audit service), as reported by `grpc.health.v1.Health/Check`. A service the server does
     /// not know is [`ServingStatus::ServiceUnknown`].

@@ -44,6 +44,10 @@ pub enum Error {
     /// Input that is well-formed but not usable, with the reason.
     #[error("invalid input: {0}")]
     Input(String),
+    /// Tamper evidence could not be checked: no key, unreadable data, or a proof that does not
+    /// verify.
+    #[error("cannot verify: {0}")]
+    Unverifiable(String),
     /// A message could not be converted between its generated and its reflected form. This
     /// indicates a mismatch between the generated code and the descriptor set.
     #[error("cannot convert message: {0}")]
@@ -74,7 +78,7 @@ impl Error {
             Error::InvalidUri { .. } | Error::Json(_) | Error::Input(_) => {
                 Some(Code::InvalidArgument)
             }
-            Error::Decode(_) => None,
+            Error::Decode(_) | Error::Unverifiable(_) => None,
         }
     }
 

@@ -6,6 +6,8 @@
 //! - [`AuditLayer`]: a tower layer that audits every call of a tonic server through a
 //!   background [`Recorder`] (see [`layer`]).
 //! - [`json`]: proto3 JSON in both directions; [`render`]: safe one-line rendering.
+//! - [`verify`]: tamper evidence: verify a whole log (running or stopped) and check receipts
+//!   and checkpoints with Merkle proofs.
 //!
 //! Filters are the generated [`pb::Filter`]; set the fields you need and leave the rest:
 //!
@@ -30,6 +32,7 @@ pub mod layer;
 mod query;
 pub mod render;
 mod subscribe;
+pub mod verify;
 
 pub use audit_proto::{SERVICE_NAME, pb};
 pub use builder::EntryBuilder;

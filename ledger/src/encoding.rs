@@ -59,9 +59,15 @@ pub const CHAIN_START: Hash = [0; 32];
 /// The hash of an entry as stored, its `sequence` included (`entry_hash` and `chain_hash` are
 /// ignored).
 pub fn entry_hash(entry: &AuditEntry) -> Hash {
+    entry_hash_at(entry, entry.sequence)
+}
+
+/// The hash of `entry` stored at `sequence` (its own `sequence` field is ignored): saves the
+/// writer a copy of each entry.
+pub fn entry_hash_at(entry: &AuditEntry, sequence: u64) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update(ENTRY_TAG);
-    write_entry(&mut hasher, entry);
+    write_entry(&mut hasher, entry, sequence);
     hasher.finalize().into()
 }
 
@@ -77,7 +83,7 @@ pub fn chain_hash(previous: &Hash, entry_hash: &Hash) -> Hash {
 /// The canonical encoding of an entry (see the module documentation), as bytes.
 pub fn encode_entry(entry: &AuditEntry) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    write_entry(&mut out, entry);
+    write_entry(&mut out, entry, entry.sequence);
     out
 }
 
@@ -234,10 +240,10 @@ impl<S: Sink> Encoder<'_, S> {
     }
 }
 
-fn write_entry(sink: &mut impl Sink, entry: &AuditEntry) {
+fn write_entry(sink: &mut impl Sink, entry: &AuditEntry, sequence: u64) {
     let mut e = Encoder(sink);
     e.u8(ENCODING_VERSION);
-    e.u64(entry.sequence);
+    e.u64(sequence);
     e.str(&entry.id);
     e.str(&entry.request_id);
     e.opt(entry.time.as_ref(), |e, t| e.time(t.seconds, t.nanos));
@@ -338,6 +344,14 @@ mod tests {
     }
 
     #[test]
+    fn derived_hash_fields_are_ignored() {
+        let mut with = sample();
+        with.entry_hash = vec![1; 32];
+        with.chain_hash = vec![2; 32];
+        assert_eq!(entry_hash(&with), entry_hash(&sample()));
+    }
+
+    #[test]
     fn chain_links_entries() {
         let a = chain_hash(&CHAIN_START, &[1; 32]);
         let b = chain_hash(&a, &[2; 32]);
@@ -358,7 +372,8 @@ mod tests {
             .unwrap();
         let mut numbers: Vec<i32> = entry.field.iter().map(|f| f.number()).collect();
         numbers.sort();
-        assert_eq!(numbers, (1..=19).collect::<Vec<_>>());
+        // 1..=19 are encoded; 20 (entry_hash) and 21 (chain_hash) are derived.
+        assert_eq!(numbers, (1..=21).collect::<Vec<_>>());
     }
 
     fn hex(hash: &Hash) -> String {

@@ -32,7 +32,8 @@ pub mod merkle;
 
 pub use checkpoint::{Checkpoint, PublicKey, SigningKey};
 pub use encoding::{
-    CHAIN_START, CHAIN_TAG, ENCODING_VERSION, ENTRY_TAG, Hash, chain_hash, encode_entry, entry_hash,
+    CHAIN_START, CHAIN_TAG, ENCODING_VERSION, ENTRY_TAG, Hash, chain_hash, encode_entry,
+    entry_hash, entry_hash_at,
 };
 
 /// Why a key, a note or a proof was refused.

@@ -51,9 +51,49 @@ pub struct Config {
     #[arg(long, env = "AUDIT_LOG", default_value = "info")]
     pub log: String,
 
+    /// Signed checkpoints.
+    #[command(flatten)]
+    pub checkpoints: CheckpointConfig,
+
     /// Validation and resource limits.
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// How the server signs checkpoints of its log.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckpointConfig {
+    /// Ed25519 key that signs checkpoints, a file holding `PRIVATE+KEY+<name>+<id>+<key>` (the
+    /// C2SP note format). Without it the server uses `signing.key` in the data directory,
+    /// generating it (mode 0600) on first start. Its public key is written to `signing.pub`.
+    #[arg(long, env = "AUDIT_SIGNING_KEY", value_name = "PATH")]
+    pub signing_key: Option<PathBuf>,
+
+    /// Name of the log: the first line of every checkpoint, and the name of a generated key.
+    /// No spaces and no `+`.
+    #[arg(long, env = "AUDIT_LOG_NAME", default_value = "audit-log")]
+    pub log_name: String,
+
+    /// Sign a checkpoint once this many entries are not covered by one.
+    #[arg(long, env = "AUDIT_CHECKPOINT_EVERY_ENTRIES", default_value_t = 1000)]
+    pub checkpoint_every_entries: u64,
+
+    /// Sign a checkpoint at most this long after an entry not covered by one, e.g. `10s`. One
+    /// is also signed at shutdown.
+    #[arg(long, env = "AUDIT_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
+}
+
+impl CheckpointConfig {
+    /// The store's options.
+    pub fn checkpointing(&self) -> crate::store::Checkpointing {
+        crate::store::Checkpointing {
+            signing_key: self.signing_key.clone(),
+            log_name: self.log_name.clone(),
+            every_entries: self.checkpoint_every_entries,
+            interval: self.checkpoint_interval,
+        }
+    }
 }
 
 /// The plaintext TCP listener: an address, or none.

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod config;
 pub mod error;
+pub mod evidence;
 pub mod hub;
 pub mod listen;
 mod message_limit;
@@ -61,6 +62,7 @@ impl AuditServer {
                 max_pending_bytes: limits.max_pending_bytes,
                 max_group_entries: limits.max_group_entries,
                 read_connections: limits.read_connections,
+                checkpointing: config.checkpoints.checkpointing(),
             },
         )?;
         Ok(Self {

@@ -5,8 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use audit_proto::pb::{
-    Order, QueryRequest, QueryResponse, RecordBatchRequest, RecordBatchResponse, RecordRequest,
-    RecordResponse, SubscribeRequest, audit_service_server, start_position::Position,
+    GetCheckpointRequest, GetCheckpointResponse, GetConsistencyProofRequest,
+    GetConsistencyProofResponse, GetInclusionProofRequest, GetInclusionProofResponse,
+    ListCheckpointsRequest, ListCheckpointsResponse, Order, QueryRequest, QueryResponse,
+    RecordBatchRequest, RecordBatchResponse, RecordRequest, RecordResponse, SubscribeRequest,
+    audit_service_server, start_position::Position,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -16,6 +19,7 @@ use audit_identity::Peer;
 use crate::access::Access;
 use crate::config::Limits;
 use crate::error::{Error, Violation};
+use crate::evidence;
 use crate::hub::{Hub, SubscriptionStream};
 use crate::page_token;
 use crate::policy::Permission;
@@ -27,6 +31,10 @@ const RECORD: &str = "/audit.v1.AuditService/Record";
 const RECORD_BATCH: &str = "/audit.v1.AuditService/RecordBatch";
 const SUBSCRIBE: &str = "/audit.v1.AuditService/Subscribe";
 const QUERY: &str = "/audit.v1.AuditService/Query";
+const GET_CHECKPOINT: &str = "/audit.v1.AuditService/GetCheckpoint";
+const LIST_CHECKPOINTS: &str = "/audit.v1.AuditService/ListCheckpoints";
+const GET_INCLUSION_PROOF: &str = "/audit.v1.AuditService/GetInclusionProof";
+const GET_CONSISTENCY_PROOF: &str = "/audit.v1.AuditService/GetConsistencyProof";
 
 /// The audit service over a store.
 pub struct AuditService<S> {
@@ -110,6 +118,7 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
         Ok(Response::new(RecordResponse {
             id: receipt.id,
             sequence: receipt.sequence,
+            entry_hash: receipt.entry_hash.to_vec(),
         }))
     }
 
@@ -195,6 +204,7 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
                 .unwrap_or_default(),
             ids: receipts.iter().map(|r| r.id.clone()).collect(),
             sequences: receipts.iter().map(|r| r.sequence).collect(),
+            entry_hashes: receipts.iter().map(|r| r.entry_hash.to_vec()).collect(),
         }))
     }
 
@@ -288,5 +298,46 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
             entries: page.entries,
             next_page_token,
         }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<GetCheckpointRequest>,
+    ) -> Result<Response<GetCheckpointResponse>, Status> {
+        self.authorize(&request, GET_CHECKPOINT, Permission::Read)
+            .await?;
+        let response = evidence::get_checkpoint(&self.store, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<ListCheckpointsRequest>,
+    ) -> Result<Response<ListCheckpointsResponse>, Status> {
+        self.authorize(&request, LIST_CHECKPOINTS, Permission::Read)
+            .await?;
+        let response =
+            evidence::list_checkpoints(&self.store, request.into_inner(), &self.limits).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<GetInclusionProofRequest>,
+    ) -> Result<Response<GetInclusionProofResponse>, Status> {
+        self.authorize(&request, GET_INCLUSION_PROOF, Permission::Read)
+            .await?;
+        let response = evidence::inclusion_proof(&self.store, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<GetConsistencyProofRequest>,
+    ) -> Result<Response<GetConsistencyProofResponse>, Status> {
+        self.authorize(&request, GET_CONSISTENCY_PROOF, Permission::Read)
+            .await?;
+        let response = evidence::consistency_proof(&self.store, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 }

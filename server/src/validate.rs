@@ -171,6 +171,8 @@ pub fn entry(
     entry.sequence = 0;
     entry.received_time = None;
     entry.recorder = None;
+    entry.entry_hash.clear();
+    entry.chain_hash.clear();
     let digest: [u8; 32] = Sha256::digest(entry.encode_to_vec()).into();
 
     entry.received_time = Some(context.received_time);

@@ -68,6 +68,8 @@ async fn every_field_round_trips() {
             .into(),
         }),
         labels: [("region".to_string(), "eu".to_string())].into(),
+        entry_hash: vec![9; 32], // ignored: the server computes it
+        chain_hash: vec![9; 32], // ignored: the server computes it
     };
     let before = SystemTime::now();
     let receipt = client.record(sent.clone()).await.expect("record");
@@ -89,10 +91,17 @@ async fn every_field_round_trips() {
         }
         other => panic!("recorder must come from the connection, got {other:?}"),
     }
+    let entry_hash = audit_ledger::entry_hash(&got);
+    assert_eq!(
+        receipt.entry_hash, entry_hash,
+        "the receipt names the stored entry"
+    );
     let expected = pb::AuditEntry {
         sequence: 1,
         received_time: got.received_time,
         recorder: got.recorder.clone(),
+        entry_hash: entry_hash.to_vec(),
+        chain_hash: audit_ledger::chain_hash(&audit_ledger::CHAIN_START, &entry_hash).to_vec(),
         ..sent
     };
     assert_eq!(got, expected);

@@ -6,6 +6,7 @@ mod output;
 mod query;
 mod record;
 mod tail;
+mod verify;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -103,6 +104,9 @@ enum Command {
     Query(query::QueryArgs),
     Record(record::RecordArgs),
     Health(health::HealthArgs),
+    Verify(verify::VerifyArgs),
+    Checkpoint(verify::CheckpointArgs),
+    Key(verify::KeyArgs),
 }
 
 /// When to colour output.
@@ -164,6 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query::run(connect().await?, args, color).await,
         Command::Record(args) => record::run(connect().await?, args).await,
         Command::Health(args) => health::run(connect().await?, args).await,
+        Command::Verify(args) => verify::run(&cli.server, args).await,
+        Command::Checkpoint(args) => verify::checkpoint(connect().await?, args).await,
+        Command::Key(args) => verify::key(&cli.server, args).await,
     }
 }
 

@@ -1,17 +1,20 @@
 //! Persistence of the audit log behind one small trait, and its embedded SQLite implementation.
 
 mod filter_sql;
+pub mod ledger;
 mod recent;
 pub mod sqlite;
 
 use std::future::Future;
 
+use audit_ledger::{Hash, PublicKey};
 use audit_proto::pb::{AuditEntry, Filter};
 use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::validate::NewEntry;
 
+pub use ledger::{Checkpointing, StoredCheckpoint};
 pub use sqlite::SqliteStore;
 
 /// Where a stored entry landed.
@@ -23,6 +26,10 @@ pub struct Receipt {
     pub sequence: u64,
     /// Request id stored with the entry.
     pub request_id: String,
+    /// Hash of the entry as stored (of the first recording, for a retried id).
+    pub entry_hash: Hash,
+    /// Chain hash stored with the entry.
+    pub chain_hash: Hash,
 }
 
 /// Which way a read walks the log.
@@ -82,6 +89,32 @@ pub trait Store: Send + Sync + 'static {
         &self,
         nanos: i64,
     ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+
+    /// The key that signs the store's checkpoints.
+    fn public_key(&self) -> PublicKey;
+
+    /// The newest checkpoint, or the newest one of exactly `size` entries.
+    fn checkpoint(
+        &self,
+        size: Option<u64>,
+    ) -> impl Future<Output = Result<Option<StoredCheckpoint>, Error>> + Send;
+
+    /// Checkpoints with an index above `after`, oldest first, at most `limit`.
+    fn checkpoints(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredCheckpoint>, Error>> + Send;
+
+    /// The stored hash of entry `sequence`, if it is stored.
+    fn entry_hash(&self, sequence: u64)
+    -> impl Future<Output = Result<Option<Hash>, Error>> + Send;
+
+    /// The Merkle tree hash of each range of leaves (leaf `i` is entry `i + 1`).
+    fn tree_hashes(
+        &self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> impl Future<Output = Result<Vec<Hash>, Error>> + Send;
 
     /// The sequence of the newest committed entry (0 when empty), updated after each commit.
     fn head(&self) -> watch::Receiver<u64>;

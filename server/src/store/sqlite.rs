@@ -6,11 +6,16 @@
 //! request and publishes the new head. A failed write or commit poisons the store: it refuses
 //! every later write rather than retry something that may or may not be on disk.
 //! Reads go through a small pool of read-only connections on blocking threads.
+//!
+//! The writer also keeps the log tamper-evident (see [`super::ledger`]): each entry is stored
+//! with its entry hash and chain hash, computed in the same transaction, and checkpoints are
+//! signed into the store every so many entries or seconds, and when it closes.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use audit_ledger::{Hash, PublicKey};
 use audit_proto::pb::AuditEntry;
 use prost::Message;
 use rusqlite::types::Value;
@@ -18,13 +23,14 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::filter_sql::condition;
+use super::ledger::{self, Checkpointing, Signer, StoredCheckpoint};
 use super::recent::{self, Recent};
 use super::{Direction, Page, Read, Receipt, Store};
 use crate::error::Error;
 use crate::validate::{NewEntry, timestamp_nanos};
 
 /// Version of the schema below, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE entries (
@@ -59,7 +65,8 @@ CREATE INDEX entries_outcome ON entries(outcome);
 
 const INSERT: &str = "INSERT INTO entries (sequence, id, digest, request_id, time_ns, received_ns,
     source, method, event, category, resource, level, outcome, status_code, principal, spiffe_id,
-    labels, entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    labels, entry, entry_hash, chain_hash)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO NOTHING";
 
 /// Tuning of the SQLite store.
@@ -71,6 +78,8 @@ pub struct Options {
     pub max_group_entries: usize,
     /// Read connections in the pool.
     pub read_connections: usize,
+    /// Signing of checkpoints.
+    pub checkpointing: Checkpointing,
 }
 
 /// The embedded SQLite store. Cheap to clone.
@@ -91,6 +100,8 @@ struct Inner {
     head: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Verifies the store's checkpoints.
+    public_key: PublicKey,
     /// Held for the store's lifetime so that no second server writes the same database.
     _lock: File,
 }
@@ -138,6 +149,9 @@ impl SqliteStore {
             [],
             |row| row.get::<_, i64>(0),
         )? as u64;
+        let key = ledger::load_key(data_dir, &options.checkpointing)?;
+        let signer = Signer::load(&conn, key, &options.checkpointing)?;
+        let public_key = signer.public_key();
         let readers = Readers::open(&path, options.read_connections.max(1))?;
         let (head_tx, head_rx) = watch::channel(head);
         let (writable_tx, writable_rx) = watch::channel(true);
@@ -158,6 +172,7 @@ impl SqliteStore {
             max_group_entries: options.max_group_entries.max(1),
             head: head_tx,
             writable: writable_tx,
+            signer,
         };
         let handle = std::thread::Builder::new()
             .name("audit-store-writer".into())
@@ -174,6 +189,7 @@ impl SqliteStore {
                 head: head_rx,
                 writable: writable_rx,
                 writer: Mutex::new(Some(handle)),
+                public_key,
                 _lock: lock,
             }),
         })
@@ -242,6 +258,38 @@ impl Store for SqliteStore {
             .await
     }
 
+    fn public_key(&self) -> PublicKey {
+        self.inner.public_key.clone()
+    }
+
+    async fn checkpoint(&self, size: Option<u64>) -> Result<Option<StoredCheckpoint>, Error> {
+        self.inner
+            .readers
+            .run(move |conn| ledger::read_checkpoint(conn, size))
+            .await
+    }
+
+    async fn checkpoints(&self, after: u64, limit: usize) -> Result<Vec<StoredCheckpoint>, Error> {
+        self.inner
+            .readers
+            .run(move |conn| ledger::read_checkpoints(conn, after, limit))
+            .await
+    }
+
+    async fn entry_hash(&self, sequence: u64) -> Result<Option<Hash>, Error> {
+        self.inner
+            .readers
+            .run(move |conn| ledger::read_entry_hash(conn, sequence))
+            .await
+    }
+
+    async fn tree_hashes(&self, ranges: Vec<std::ops::Range<u64>>) -> Result<Vec<Hash>, Error> {
+        self.inner
+            .readers
+            .run(move |conn| ledger::read_tree_hashes(conn, &ranges))
+            .await
+    }
+
     fn head(&self) -> watch::Receiver<u64> {
         self.inner.head.clone()
     }
@@ -297,8 +345,19 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
         0 => {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(ledger::SCHEMA_2)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
+            Ok(())
+        }
+        1 => {
+            // Version 2 hashes every entry stored so far into the chain.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(ledger::SCHEMA_2)?;
+            ledger::hash_existing_rows(&tx)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            tracing::info!("store migrated to schema version 2: entries hashed and chained");
             Ok(())
         }
         SCHEMA_VERSION => Ok(()),
@@ -318,6 +377,7 @@ struct Writer {
     max_group_entries: usize,
     head: watch::Sender<u64>,
     writable: watch::Sender<bool>,
+    signer: Signer,
 }
 
 /// Marks the store failed if dropped during a panic.
@@ -340,7 +400,26 @@ impl Writer {
     fn run(mut self) {
         // Should the writer ever panic, the store must not look writable.
         let _fail_on_panic = FailOnPanic(self.writable.clone());
-        while let Some(first) = self.jobs.blocking_recv() {
+        // Only to wait for a job with a timeout (the checkpoint deadline).
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("timer runtime");
+        loop {
+            let next = match self.signer.deadline() {
+                Some(deadline) if *self.writable.borrow() => timer.block_on(async {
+                    tokio::time::timeout_at(deadline.into(), self.jobs.recv()).await
+                }),
+                _ => Ok(self.jobs.blocking_recv()),
+            };
+            let first = match next {
+                Ok(Some(job)) => job,
+                Ok(None) => break,
+                Err(_elapsed) => {
+                    self.sign_checkpoint();
+                    continue;
+                }
+            };
             let mut count = first.entries.len();
             let mut group = vec![first];
             while count < self.max_group_entries {
@@ -386,6 +465,9 @@ impl Writer {
                 }
             }
         }
+        if *self.writable.borrow() && self.signer.behind() {
+            self.sign_checkpoint();
+        }
         tracing::debug!("store writer stopped");
     }
 
@@ -404,7 +486,10 @@ impl Writer {
             let Ok(receipts) = outcome else { continue };
             for (new, receipt) in job.entries.drain(..).zip(receipts) {
                 if receipt.sequence == expected {
-                    recent.push(new.entry, expected);
+                    let mut entry = new.entry;
+                    entry.entry_hash = receipt.entry_hash.to_vec();
+                    entry.chain_hash = receipt.chain_hash.to_vec();
+                    recent.push(entry, expected);
                     expected += 1;
                 }
             }
@@ -420,12 +505,32 @@ impl Writer {
         }
     }
 
+    /// Signs a checkpoint of the committed log in a transaction of its own.
+    fn sign_checkpoint(&mut self) {
+        let tip = self.signer.tip.clone();
+        let signed = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                self.signer.sign(&tx, &tip)?;
+                tx.commit()
+            });
+        match signed {
+            Ok(()) => self.signer.committed(tip, true),
+            Err(error) => {
+                tracing::error!(%error, "signing a checkpoint failed; refusing further writes");
+                self.writable.send_replace(false);
+            }
+        }
+    }
+
     /// Applies every job in one transaction and commits it with one fsync.
     fn commit(
         &mut self,
         group: &[WriteJob],
     ) -> Result<Vec<Result<Vec<Receipt>, JobFailure>>, rusqlite::Error> {
         let mut next = self.next_sequence;
+        let mut tip = self.signer.tip.clone();
         let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -436,6 +541,9 @@ impl Writer {
             match insert_job(&savepoint, &job.entries, &mut next)? {
                 Ok(receipts) => {
                     savepoint.commit()?;
+                    for receipt in &receipts {
+                        tip.add(receipt.sequence, &receipt.entry_hash);
+                    }
                     outcomes.push(Ok(receipts));
                 }
                 Err(failure) => {
@@ -445,24 +553,34 @@ impl Writer {
                 }
             }
         }
+        // A due checkpoint rides on this commit: no extra fsync.
+        let signed = self.signer.due(&tip);
+        if signed {
+            self.signer.sign(&tx, &tip)?;
+        }
         tx.commit()?;
         self.next_sequence = next;
+        self.signer.committed(tip, signed);
         Ok(outcomes)
     }
 }
 
-/// Inserts the entries of one request, assigning sequences from `next`.
+/// Inserts the entries of one request, assigning sequences from `next` and chaining them to the
+/// entry before (`next - 1`) as stored.
 fn insert_job(
     conn: &Connection,
     entries: &[NewEntry],
     next: &mut u64,
 ) -> Result<Result<Vec<Receipt>, JobFailure>, rusqlite::Error> {
+    let mut chain = ledger::stored_chain(conn, *next - 1)?;
     let mut insert = conn.prepare_cached(INSERT)?;
     let mut receipts = Vec::with_capacity(entries.len());
     for new in entries {
         let entry = &new.entry;
         let id = uuid::Uuid::parse_str(&entry.id).expect("validated id");
         let (principal, spiffe_id) = caller_identity(entry);
+        let entry_hash = audit_ledger::entry_hash_at(entry, *next);
+        let chain_hash = audit_ledger::chain_hash(&chain, &entry_hash);
         let inserted = insert.execute(rusqlite::params![
             *next as i64,
             id.as_bytes().as_slice(),
@@ -486,21 +604,36 @@ fn insert_job(
             spiffe_id,
             serde_json::to_string(&entry.labels).expect("string map serializes"),
             entry.encode_to_vec(),
+            entry_hash.as_slice(),
+            chain_hash.as_slice(),
         ])?;
         if inserted == 1 {
             receipts.push(Receipt {
                 id: entry.id.clone(),
                 sequence: *next,
                 request_id: entry.request_id.clone(),
+                entry_hash,
+                chain_hash,
             });
             *next += 1;
+            chain = chain_hash;
             continue;
         }
-        let (sequence, digest, request_id): (i64, Vec<u8>, String) = conn.query_row(
-            "SELECT sequence, digest, request_id FROM entries WHERE id = ?",
+        type Stored = (i64, Vec<u8>, String, Option<Vec<u8>>, Option<Vec<u8>>);
+        let (sequence, digest, request_id, entry_hash, chain_hash): Stored = conn.query_row(
+            "SELECT sequence, digest, request_id, entry_hash, chain_hash FROM entries WHERE id = ?",
             [id.as_bytes().as_slice()],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            },
         )?;
+        let hash = |h: Option<Vec<u8>>| h.and_then(|h| h.try_into().ok()).unwrap_or([0; 32]);
         if digest != new.digest {
             return Ok(Err(JobFailure::Conflict {
                 field: format!("{}.id", new.path),
@@ -511,6 +644,8 @@ fn insert_job(
             id: entry.id.clone(),
             sequence: sequence as u64,
             request_id,
+            entry_hash: hash(entry_hash),
+            chain_hash: hash(chain_hash),
         });
     }
     Ok(Ok(receipts))
@@ -633,7 +768,8 @@ fn read_page(conn: &Connection, read: &Read) -> Result<Page, Error> {
     params.push(Value::Integer(read.through as i64));
     params.push(Value::Integer(read.limit as i64 + 1));
     let sql = format!(
-        "SELECT sequence, entry FROM entries WHERE {} AND {bound} AND sequence <= ? \
+        "SELECT sequence, entry, entry_hash, chain_hash FROM entries \
+         WHERE {} AND {bound} AND sequence <= ? \
          ORDER BY sequence {order} LIMIT ?",
         filter.sql
     );
@@ -657,6 +793,11 @@ fn read_page(conn: &Connection, read: &Read) -> Result<Page, Error> {
             Error::Internal(format!("stored entry {sequence} does not decode: {e}"))
         })?;
         entry.sequence = sequence as u64;
+        entry.entry_hash = row.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default();
+        entry.chain_hash = row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default();
+        // Counted as the recent window counts them: the entry with its hashes.
+        bytes += prost::encoding::bytes::encoded_len(20, &entry.entry_hash)
+            + prost::encoding::bytes::encoded_len(21, &entry.chain_hash);
         page.entries.push(entry);
     }
     Ok(page)
@@ -715,6 +856,12 @@ mod tests {
             max_pending_bytes: 1 << 20,
             max_group_entries: 64,
             read_connections: 1,
+            checkpointing: Checkpointing {
+                signing_key: None,
+                log_name: "test".into(),
+                every_entries: 10,
+                interval: std::time::Duration::from_secs(60),
+            },
         };
         let store = SqliteStore::open(dir.path(), &options).expect("open");
         let entries: Vec<_> = (0..60).map(new_entry).collect();

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61udit/v1/entry.proto\x12\x08\x61udit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x06\n\nAuditEntry\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequence\x12\x1d\n\nrequest_id\x18\x03 \x01(\tR\trequestId\x12.\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12?\n\rreceived_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0creceivedTime\x12\x16\n\x06source\x18\x06 \x01(\tR\x06source\x12\x16\n\x06method\x18\x07 \x01(\tR\x06method\x12\x14\n\x05\x65vent\x18\x08 \x01(\tR\x05\x65vent\x12\x1a\n\x08\x63\x61tegory\x18\t \x01(\tR\x08\x63\x61tegory\x12\x1a\n\x08resource\x18\n \x01(\tR\x08resource\x12%\n\x05level\x18\x0b \x01(\x0e\x32\x0f.audit.v1.LevelR\x05level\x12+\n\x07outcome\x18\x0c \x01(\x0e\x32\x11.audit.v1.OutcomeR\x07outcome\x12\x1f\n\x0bstatus_code\x18\r \x01(\x05R\nstatusCode\x12%\n\x0estatus_message\x18\x0e \x01(\tR\rstatusMessage\x12(\n\x06\x63\x61ller\x18\x0f \x01(\x0b\x32\x10.audit.v1.CallerR\x06\x63\x61ller\x12.\n\x08recorder\x18\x10 \x01(\x0b\x32\x12.audit.v1.RecorderR\x08recorder\x12\x33\n\x07latency\x18\x11 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07latency\x12\x31\n\x07\x64\x65tails\x18\x12 \x01(\x0b\x32\x17.google.protobuf.StructR\x07\x64\x65tails\x12\x38\n\x06labels\x18\x13 \x03(\x0b\x32 .audit.v1.AuditEntry.LabelsEntryR\x06labels\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xdd\x01\n\x06\x43\x61ller\x12(\n\x04unix\x18\x01 \x01(\x0b\x32\x12.audit.v1.UnixPeerH\x00R\x04unix\x12\x31\n\x07network\x18\x02 \x01(\x0b\x32\x15.audit.v1.NetworkPeerH\x00R\x07network\x12\x1c\n\tprincipal\x18\x03 \x01(\tR\tprincipal\x12\x12\n\x04role\x18\x04 \x01(\tR\x04role\x12\x1d\n\nsession_id\x18\x05 \x01(\tR\tsessionId\x12\x1d\n\nuser_agent\x18\x06 \x01(\tR\tuserAgentB\x06\n\x04peer\"o\n\x08Recorder\x12(\n\x04unix\x18\x01 \x01(\x0b\x32\x12.audit.v1.UnixPeerH\x00R\x04unix\x12\x31\n\x07network\x18\x02 \x01(\x0b\x32\x15.audit.v1.NetworkPeerH\x00R\x07networkB\x06\n\x04peer\"a\n\x08UnixPeer\x12\x10\n\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n\x03gid\x18\x02 \x01(\rR\x03gid\x12\x10\n\x03pid\x18\x03 \x01(\rR\x03pid\x12\x1f\n\x0b\x62inary_path\x18\x04 \x01(\tR\nbinaryPath\"u\n\x0bNetworkPeer\x12\x18\n\x07\x61\x64\x64ress\x18\x01 \x01(\tR\x07\x61\x64\x64ress\x12\x1b\n\tspiffe_id\x18\x02 \x01(\tR\x08spiffeId\x12/\n\x13\x63\x65rtificate_subject\x18\x03 \x01(\tR\x12\x63\x65rtificateSubject*w\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLEVEL_DEBUG\x10\x01\x12\x0e\n\nLEVEL_INFO\x10\x02\x12\x11\n\rLEVEL_WARNING\x10\x03\x12\x0f\n\x0bLEVEL_ERROR\x10\x04\x12\x12\n\x0eLEVEL_CRITICAL\x10\x05*^\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x11\n\rOUTCOME_ERROR\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61udit/v1/entry.proto\x12\x08\x61udit.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x06\n\nAuditEntry\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequence\x12\x1d\n\nrequest_id\x18\x03 \x01(\tR\trequestId\x12.\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12?\n\rreceived_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0creceivedTime\x12\x16\n\x06source\x18\x06 \x01(\tR\x06source\x12\x16\n\x06method\x18\x07 \x01(\tR\x06method\x12\x14\n\x05\x65vent\x18\x08 \x01(\tR\x05\x65vent\x12\x1a\n\x08\x63\x61tegory\x18\t \x01(\tR\x08\x63\x61tegory\x12\x1a\n\x08resource\x18\n \x01(\tR\x08resource\x12%\n\x05level\x18\x0b \x01(\x0e\x32\x0f.audit.v1.LevelR\x05level\x12+\n\x07outcome\x18\x0c \x01(\x0e\x32\x11.audit.v1.OutcomeR\x07outcome\x12\x1f\n\x0bstatus_code\x18\r \x01(\x05R\nstatusCode\x12%\n\x0estatus_message\x18\x0e \x01(\tR\rstatusMessage\x12(\n\x06\x63\x61ller\x18\x0f \x01(\x0b\x32\x10.audit.v1.CallerR\x06\x63\x61ller\x12.\n\x08recorder\x18\x10 \x01(\x0b\x32\x12.audit.v1.RecorderR\x08recorder\x12\x33\n\x07latency\x18\x11 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07latency\x12\x31\n\x07\x64\x65tails\x18\x12 \x01(\x0b\x32\x17.google.protobuf.StructR\x07\x64\x65tails\x12\x38\n\x06labels\x18\x13 \x03(\x0b\x32 .audit.v1.AuditEntry.LabelsEntryR\x06labels\x12\x1d\n\nentry_hash\x18\x14 \x01(\x0cR\tentryHash\x12\x1d\n\nchain_hash\x18\x15 \x01(\x0cR\tchainHash\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\xdd\x01\n\x06\x43\x61ller\x12(\n\x04unix\x18\x01 \x01(\x0b\x32\x12.audit.v1.UnixPeerH\x00R\x04unix\x12\x31\n\x07network\x18\x02 \x01(\x0b\x32\x15.audit.v1.NetworkPeerH\x00R\x07network\x12\x1c\n\tprincipal\x18\x03 \x01(\tR\tprincipal\x12\x12\n\x04role\x18\x04 \x01(\tR\x04role\x12\x1d\n\nsession_id\x18\x05 \x01(\tR\tsessionId\x12\x1d\n\nuser_agent\x18\x06 \x01(\tR\tuserAgentB\x06\n\x04peer\"o\n\x08Recorder\x12(\n\x04unix\x18\x01 \x01(\x0b\x32\x12.audit.v1.UnixPeerH\x00R\x04unix\x12\x31\n\x07network\x18\x02 \x01(\x0b\x32\x15.audit.v1.NetworkPeerH\x00R\x07networkB\x06\n\x04peer\"a\n\x08UnixPeer\x12\x10\n\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n\x03gid\x18\x02 \x01(\rR\x03gid\x12\x10\n\x03pid\x18\x03 \x01(\rR\x03pid\x12\x1f\n\x0b\x62inary_path\x18\x04 \x01(\tR\nbinaryPath\"u\n\x0bNetworkPeer\x12\x18\n\x07\x61\x64\x64ress\x18\x01 \x01(\tR\x07\x61\x64\x64ress\x12\x1b\n\tspiffe_id\x18\x02 \x01(\tR\x08spiffeId\x12/\n\x13\x63\x65rtificate_subject\x18\x03 \x01(\tR\x12\x63\x65rtificateSubject*w\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLEVEL_DEBUG\x10\x01\x12\x0e\n\nLEVEL_INFO\x10\x02\x12\x11\n\rLEVEL_WARNING\x10\x03\x12\x0f\n\x0bLEVEL_ERROR\x10\x04\x12\x12\n\x0eLEVEL_CRITICAL\x10\x05*^\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x11\n\rOUTCOME_ERROR\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +36,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITENTRY_LABELSENTRY']._loaded_options = None
   _globals['_AUDITENTRY_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_LEVEL']._serialized_start=1480
-  _globals['_LEVEL']._serialized_end=1599
-  _globals['_OUTCOME']._serialized_start=1601
-  _globals['_OUTCOME']._serialized_end=1695
+  _globals['_LEVEL']._serialized_start=1542
+  _globals['_LEVEL']._serialized_end=1661
+  _globals['_OUTCOME']._serialized_start=1663
+  _globals['_OUTCOME']._serialized_end=1757
   _globals['_AUDITENTRY']._serialized_start=130
-  _globals['_AUDITENTRY']._serialized_end=923
-  _globals['_AUDITENTRY_LABELSENTRY']._serialized_start=866
-  _globals['_AUDITENTRY_LABELSENTRY']._serialized_end=923
-  _globals['_CALLER']._serialized_start=926
-  _globals['_CALLER']._serialized_end=1147
-  _globals['_RECORDER']._serialized_start=1149
-  _globals['_RECORDER']._serialized_end=1260
-  _globals['_UNIXPEER']._serialized_start=1262
-  _globals['_UNIXPEER']._serialized_end=1359
-  _globals['_NETWORKPEER']._serialized_start=1361
-  _globals['_NETWORKPEER']._serialized_end=1478
+  _globals['_AUDITENTRY']._serialized_end=985
+  _globals['_AUDITENTRY_LABELSENTRY']._serialized_start=928
+  _globals['_AUDITENTRY_LABELSENTRY']._serialized_end=985
+  _globals['_CALLER']._serialized_start=988
+  _globals['_CALLER']._serialized_end=1209
+  _globals['_RECORDER']._serialized_start=1211
+  _globals['_RECORDER']._serialized_end=1322
+  _globals['_UNIXPEER']._serialized_start=1324
+  _globals['_UNIXPEER']._serialized_end=1421
+  _globals['_NETWORKPEER']._serialized_start=1423
+  _globals['_NETWORKPEER']._serialized_end=1540
 # @@protoc_insertion_point(module_scope)

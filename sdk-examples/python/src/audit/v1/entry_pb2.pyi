@@ -39,7 +39,7 @@ OUTCOME_DENIED: Outcome
 OUTCOME_ERROR: Outcome
 
 class AuditEntry(_message.Message):
-    __slots__ = ("id", "sequence", "request_id", "time", "received_time", "source", "method", "event", "category", "resource", "level", "outcome", "status_code", "status_message", "caller", "recorder", "latency", "details", "labels")
+    __slots__ = ("id", "sequence", "request_id", "time", "received_time", "source", "method", "event", "category", "resource", "level", "outcome", "status_code", "status_message", "caller", "recorder", "latency", "details", "labels", "entry_hash", "chain_hash")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,8 @@ class AuditEntry(_message.Message):
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_HASH_FIELD_NUMBER: _ClassVar[int]
     id: str
     sequence: int
     request_id: str
@@ -85,7 +87,9 @@ class AuditEntry(_message.Message):
     latency: _duration_pb2.Duration
     details: _struct_pb2.Struct
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., method: _Optional[str] = ..., event: _Optional[str] = ..., category: _Optional[str] = ..., resource: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., status_code: _Optional[int] = ..., status_message: _Optional[str] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., recorder: _Optional[_Union[Recorder, _Mapping]] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., details: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    entry_hash: bytes
+    chain_hash: bytes
+    def __init__(self, id: _Optional[str] = ..., sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., method: _Optional[str] = ..., event: _Optional[str] = ..., category: _Optional[str] = ..., resource: _Optional[str] = ..., level: _Optional[_Union[Level, str]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., status_code: _Optional[int] = ..., status_message: _Optional[str] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., recorder: _Optional[_Union[Recorder, _Mapping]] = ..., latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., details: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., entry_hash: _Optional[bytes] = ..., chain_hash: _Optional[bytes] = ...) -> None: ...
 
 class Caller(_message.Message):
     __slots__ = ("unix", "network", "principal", "role", "session_id", "user_agent")

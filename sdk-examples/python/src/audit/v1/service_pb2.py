@@ -26,7 +26,7 @@ from audit.v1 import entry_pb2 as audit_dot_v1_dot_entry__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61udit/v1/service.proto\x12\x08\x61udit.v1\x1a\x14\x61udit/v1/entry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\rRecordRequest\x12*\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x14.audit.v1.AuditEntryR\x05\x65ntry\"<\n\x0eRecordResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequence\"c\n\x12RecordBatchRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12.\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x14.audit.v1.AuditEntryR\x07\x65ntries\"d\n\x13RecordBatchResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x10\n\x03ids\x18\x02 \x03(\tR\x03ids\x12\x1c\n\tsequences\x18\x03 \x03(\x04R\tsequences\"\xc3\x04\n\x06\x46ilter\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\x12\x16\n\x06method\x18\x03 \x01(\tR\x06method\x12\x1c\n\tprincipal\x18\x04 \x01(\tR\tprincipal\x12\x1b\n\tspiffe_id\x18\x05 \x01(\tR\x08spiffeId\x12-\n\x08outcomes\x18\x06 \x03(\x0e\x32\x11.audit.v1.OutcomeR\x08outcomes\x12!\n\x0cstatus_codes\x18\x07 \x03(\x05R\x0bstatusCodes\x12\x14\n\x05\x65vent\x18\x08 \x01(\tR\x05\x65vent\x12\x1a\n\x08\x63\x61tegory\x18\t \x01(\tR\x08\x63\x61tegory\x12,\n\tmin_level\x18\n \x01(\x0e\x32\x0f.audit.v1.LevelR\x08minLevel\x12\x39\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x34\n\x06labels\x18\r \x03(\x0b\x32\x1c.audit.v1.Filter.LabelsEntryR\x06labels\x12\x1a\n\x08resource\x18\x0e \x01(\tR\x08resource\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\x87\x01\n\rStartPosition\x12\'\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04H\x00R\rafterSequence\x12\x41\n\rreceived_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00R\x0creceivedTimeB\n\n\x08position\"k\n\x10SubscribeRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x10.audit.v1.FilterR\x06\x66ilter\x12-\n\x05start\x18\x02 \x01(\x0b\x32\x17.audit.v1.StartPositionR\x05start\"\x81\x01\n\x11SubscribeResponse\x12,\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x14.audit.v1.AuditEntryH\x00R\x05\x65ntry\x12\x33\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.audit.v1.HeartbeatH\x00R\theartbeatB\t\n\x07message\"W\n\tHeartbeat\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\"\x9b\x01\n\x0cQueryRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x10.audit.v1.FilterR\x06\x66ilter\x12\x1b\n\tpage_size\x18\x02 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\x12%\n\x05order\x18\x04 \x01(\x0e\x32\x0f.audit.v1.OrderR\x05order\"g\n\rQueryResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.audit.v1.AuditEntryR\x07\x65ntries\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*I\n\x05Order\x12\x15\n\x11ORDER_UNSPECIFIED\x10\x00\x12\x13\n\x0fORDER_ASCENDING\x10\x01\x12\x14\n\x10ORDER_DESCENDING\x10\x02\x32\x99\x02\n\x0c\x41uditService\x12;\n\x06Record\x12\x17.audit.v1.RecordRequest\x1a\x18.audit.v1.RecordResponse\x12J\n\x0bRecordBatch\x12\x1c.audit.v1.RecordBatchRequest\x1a\x1d.audit.v1.RecordBatchResponse\x12\x46\n\tSubscribe\x12\x1a.audit.v1.SubscribeRequest\x1a\x1b.audit.v1.SubscribeResponse0\x01\x12\x38\n\x05Query\x12\x16.audit.v1.QueryRequest\x1a\x17.audit.v1.QueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61udit/v1/service.proto\x12\x08\x61udit.v1\x1a\x14\x61udit/v1/entry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\rRecordRequest\x12*\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x14.audit.v1.AuditEntryR\x05\x65ntry\"[\n\x0eRecordResponse\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n\x08sequence\x18\x02 \x01(\x04R\x08sequence\x12\x1d\n\nentry_hash\x18\x03 \x01(\x0cR\tentryHash\"c\n\x12RecordBatchRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12.\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x14.audit.v1.AuditEntryR\x07\x65ntries\"\x87\x01\n\x13RecordBatchResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x10\n\x03ids\x18\x02 \x03(\tR\x03ids\x12\x1c\n\tsequences\x18\x03 \x03(\x04R\tsequences\x12!\n\x0c\x65ntry_hashes\x18\x04 \x03(\x0cR\x0b\x65ntryHashes\"\xc3\x04\n\x06\x46ilter\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x16\n\x06source\x18\x02 \x01(\tR\x06source\x12\x16\n\x06method\x18\x03 \x01(\tR\x06method\x12\x1c\n\tprincipal\x18\x04 \x01(\tR\tprincipal\x12\x1b\n\tspiffe_id\x18\x05 \x01(\tR\x08spiffeId\x12-\n\x08outcomes\x18\x06 \x03(\x0e\x32\x11.audit.v1.OutcomeR\x08outcomes\x12!\n\x0cstatus_codes\x18\x07 \x03(\x05R\x0bstatusCodes\x12\x14\n\x05\x65vent\x18\x08 \x01(\tR\x05\x65vent\x12\x1a\n\x08\x63\x61tegory\x18\t \x01(\tR\x08\x63\x61tegory\x12,\n\tmin_level\x18\n \x01(\x0e\x32\x0f.audit.v1.LevelR\x08minLevel\x12\x39\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x34\n\x06labels\x18\r \x03(\x0b\x32\x1c.audit.v1.Filter.LabelsEntryR\x06labels\x12\x1a\n\x08resource\x18\x0e \x01(\tR\x08resource\x1a\x39\n\x0bLabelsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"\x87\x01\n\rStartPosition\x12\'\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04H\x00R\rafterSequence\x12\x41\n\rreceived_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00R\x0creceivedTimeB\n\n\x08position\"k\n\x10SubscribeRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x10.audit.v1.FilterR\x06\x66ilter\x12-\n\x05start\x18\x02 \x01(\x0b\x32\x17.audit.v1.StartPositionR\x05start\"\x81\x01\n\x11SubscribeResponse\x12,\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x14.audit.v1.AuditEntryH\x00R\x05\x65ntry\x12\x33\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.audit.v1.HeartbeatH\x00R\theartbeatB\t\n\x07message\"W\n\tHeartbeat\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\"\x9b\x01\n\x0cQueryRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x10.audit.v1.FilterR\x06\x66ilter\x12\x1b\n\tpage_size\x18\x02 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\x12%\n\x05order\x18\x04 \x01(\x0e\x32\x0f.audit.v1.OrderR\x05order\"g\n\rQueryResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.audit.v1.AuditEntryR\x07\x65ntries\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xce\x01\n\nCheckpoint\x12\x14\n\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n\x06origin\x18\x02 \x01(\tR\x06origin\x12\x12\n\x04size\x18\x03 \x01(\x04R\x04size\x12\x1b\n\troot_hash\x18\x04 \x01(\x0cR\x08rootHash\x12\x1d\n\nchain_hash\x18\x05 \x01(\x0cR\tchainHash\x12.\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x12\n\x04note\x18\x07 \x01(\tR\x04note\"*\n\x14GetCheckpointRequest\x12\x12\n\x04size\x18\x01 \x01(\x04R\x04size\"l\n\x15GetCheckpointResponse\x12\x34\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x14.audit.v1.CheckpointR\ncheckpoint\x12\x1d\n\npublic_key\x18\x02 \x01(\tR\tpublicKey\"V\n\x16ListCheckpointsRequest\x12\x1f\n\x0b\x61\x66ter_index\x18\x01 \x01(\x04R\nafterIndex\x12\x1b\n\tpage_size\x18\x02 \x01(\rR\x08pageSize\"Q\n\x17ListCheckpointsResponse\x12\x36\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x14.audit.v1.CheckpointR\x0b\x63heckpoints\"S\n\x18GetInclusionProofRequest\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\x12\x1b\n\ttree_size\x18\x02 \x01(\x04R\x08treeSize\"\x8b\x01\n\x19GetInclusionProofResponse\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\x12\x1b\n\ttree_size\x18\x02 \x01(\x04R\x08treeSize\x12\x1d\n\nentry_hash\x18\x03 \x01(\x0cR\tentryHash\x12\x16\n\x06hashes\x18\x04 \x03(\x0cR\x06hashes\"\\\n\x1aGetConsistencyProofRequest\x12\x1d\n\nfirst_size\x18\x01 \x01(\x04R\tfirstSize\x12\x1f\n\x0bsecond_size\x18\x02 \x01(\x04R\nsecondSize\"u\n\x1bGetConsistencyProofResponse\x12\x1d\n\nfirst_size\x18\x01 \x01(\x04R\tfirstSize\x12\x1f\n\x0bsecond_size\x18\x02 \x01(\x04R\nsecondSize\x12\x16\n\x06hashes\x18\x03 \x03(\x0cR\x06hashes*I\n\x05Order\x12\x15\n\x11ORDER_UNSPECIFIED\x10\x00\x12\x13\n\x0fORDER_ASCENDING\x10\x01\x12\x14\n\x10ORDER_DESCENDING\x10\x02\x32\x85\x05\n\x0c\x41uditService\x12;\n\x06Record\x12\x17.audit.v1.RecordRequest\x1a\x18.audit.v1.RecordResponse\x12J\n\x0bRecordBatch\x12\x1c.audit.v1.RecordBatchRequest\x1a\x1d.audit.v1.RecordBatchResponse\x12\x46\n\tSubscribe\x12\x1a.audit.v1.SubscribeRequest\x1a\x1b.audit.v1.SubscribeResponse0\x01\x12\x38\n\x05Query\x12\x16.audit.v1.QueryRequest\x1a\x17.audit.v1.QueryResponse\x12P\n\rGetCheckpoint\x12\x1e.audit.v1.GetCheckpointRequest\x1a\x1f.audit.v1.GetCheckpointResponse\x12V\n\x0fListCheckpoints\x12 .audit.v1.ListCheckpointsRequest\x1a!.audit.v1.ListCheckpointsResponse\x12\\\n\x11GetInclusionProof\x12\".audit.v1.GetInclusionProofRequest\x1a#.audit.v1.GetInclusionProofResponse\x12\x62\n\x13GetConsistencyProof\x12$.audit.v1.GetConsistencyProofRequest\x1a%.audit.v1.GetConsistencyProofResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FILTER_LABELSENTRY']._loaded_options = None
   _globals['_FILTER_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ORDER']._serialized_start=1730
-  _globals['_ORDER']._serialized_end=1803
+  _globals['_ORDER']._serialized_start=2771
+  _globals['_ORDER']._serialized_end=2844
   _globals['_RECORDREQUEST']._serialized_start=91
   _globals['_RECORDREQUEST']._serialized_end=150
   _globals['_RECORDRESPONSE']._serialized_start=152
-  _globals['_RECORDRESPONSE']._serialized_end=212
-  _globals['_RECORDBATCHREQUEST']._serialized_start=214
-  _globals['_RECORDBATCHREQUEST']._serialized_end=313
-  _globals['_RECORDBATCHRESPONSE']._serialized_start=315
-  _globals['_RECORDBATCHRESPONSE']._serialized_end=415
-  _globals['_FILTER']._serialized_start=418
-  _globals['_FILTER']._serialized_end=997
-  _globals['_FILTER_LABELSENTRY']._serialized_start=940
-  _globals['_FILTER_LABELSENTRY']._serialized_end=997
-  _globals['_STARTPOSITION']._serialized_start=1000
-  _globals['_STARTPOSITION']._serialized_end=1135
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1137
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1244
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1247
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1376
-  _globals['_HEARTBEAT']._serialized_start=1378
-  _globals['_HEARTBEAT']._serialized_end=1465
-  _globals['_QUERYREQUEST']._serialized_start=1468
-  _globals['_QUERYREQUEST']._serialized_end=1623
-  _globals['_QUERYRESPONSE']._serialized_start=1625
-  _globals['_QUERYRESPONSE']._serialized_end=1728
-  _globals['_AUDITSERVICE']._serialized_start=1806
-  _globals['_AUDITSERVICE']._serialized_end=2087
+  _globals['_RECORDRESPONSE']._serialized_end=243
+  _globals['_RECORDBATCHREQUEST']._serialized_start=245
+  _globals['_RECORDBATCHREQUEST']._serialized_end=344
+  _globals['_RECORDBATCHRESPONSE']._serialized_start=347
+  _globals['_RECORDBATCHRESPONSE']._serialized_end=482
+  _globals['_FILTER']._serialized_start=485
+  _globals['_FILTER']._serialized_end=1064
+  _globals['_FILTER_LABELSENTRY']._serialized_start=1007
+  _globals['_FILTER_LABELSENTRY']._serialized_end=1064
+  _globals['_STARTPOSITION']._serialized_start=1067
+  _globals['_STARTPOSITION']._serialized_end=1202
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1204
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1311
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1314
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1443
+  _globals['_HEARTBEAT']._serialized_start=1445
+  _globals['_HEARTBEAT']._serialized_end=1532
+  _globals['_QUERYREQUEST']._serialized_start=1535
+  _globals['_QUERYREQUEST']._serialized_end=1690
+  _globals['_QUERYRESPONSE']._serialized_start=1692
+  _globals['_QUERYRESPONSE']._serialized_end=1795
+  _globals['_CHECKPOINT']._serialized_start=1798
+  _globals['_CHECKPOINT']._serialized_end=2004
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=2006
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=2048
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=2050
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=2158
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=2160
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=2246
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=2248
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=2329
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=2331
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=2414
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=2417
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=2556
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=2558
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=2650
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=2652
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=2769
+  _globals['_AUDITSERVICE']._serialized_start=2847
+  _globals['_AUDITSERVICE']._serialized_end=3492
 # @@protoc_insertion_point(module_scope)

@@ -27,12 +27,14 @@ class RecordRequest(_message.Message):
     def __init__(self, entry: _Optional[_Union[_entry_pb2.AuditEntry, _Mapping]] = ...) -> None: ...
 
 class RecordResponse(_message.Message):
-    __slots__ = ("id", "sequence")
+    __slots__ = ("id", "sequence", "entry_hash")
     ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
     id: str
     sequence: int
-    def __init__(self, id: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    entry_hash: bytes
+    def __init__(self, id: _Optional[str] = ..., sequence: _Optional[int] = ..., entry_hash: _Optional[bytes] = ...) -> None: ...
 
 class RecordBatchRequest(_message.Message):
     __slots__ = ("request_id", "entries")
@@ -43,14 +45,16 @@ class RecordBatchRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[_entry_pb2.AuditEntry, _Mapping]]] = ...) -> None: ...
 
 class RecordBatchResponse(_message.Message):
-    __slots__ = ("request_id", "ids", "sequences")
+    __slots__ = ("request_id", "ids", "sequences", "entry_hashes")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_HASHES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     sequences: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., sequences: _Optional[_Iterable[int]] = ...) -> None: ...
+    entry_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, request_id: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., sequences: _Optional[_Iterable[int]] = ..., entry_hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Filter(_message.Message):
     __slots__ = ("request_id", "source", "method", "principal", "spiffe_id", "outcomes", "status_codes", "event", "category", "min_level", "start_time", "end_time", "labels", "resource")
@@ -142,3 +146,87 @@ class QueryResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[_entry_pb2.AuditEntry]
     next_page_token: str
     def __init__(self, entries: _Optional[_Iterable[_Union[_entry_pb2.AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("index", "origin", "size", "root_hash", "chain_hash", "time", "note")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_HASH_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    origin: str
+    size: int
+    root_hash: bytes
+    chain_hash: bytes
+    time: _timestamp_pb2.Timestamp
+    note: str
+    def __init__(self, index: _Optional[int] = ..., origin: _Optional[str] = ..., size: _Optional[int] = ..., root_hash: _Optional[bytes] = ..., chain_hash: _Optional[bytes] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
+
+class GetCheckpointRequest(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class GetCheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint", "public_key")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: Checkpoint
+    public_key: str
+    def __init__(self, checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., public_key: _Optional[str] = ...) -> None: ...
+
+class ListCheckpointsRequest(_message.Message):
+    __slots__ = ("after_index", "page_size")
+    AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    after_index: int
+    page_size: int
+    def __init__(self, after_index: _Optional[int] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListCheckpointsResponse(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ...) -> None: ...
+
+class GetInclusionProofRequest(_message.Message):
+    __slots__ = ("sequence", "tree_size")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    tree_size: int
+    def __init__(self, sequence: _Optional[int] = ..., tree_size: _Optional[int] = ...) -> None: ...
+
+class GetInclusionProofResponse(_message.Message):
+    __slots__ = ("sequence", "tree_size", "entry_hash", "hashes")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    tree_size: int
+    entry_hash: bytes
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, sequence: _Optional[int] = ..., tree_size: _Optional[int] = ..., entry_hash: _Optional[bytes] = ..., hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class GetConsistencyProofRequest(_message.Message):
+    __slots__ = ("first_size", "second_size")
+    FIRST_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SECOND_SIZE_FIELD_NUMBER: _ClassVar[int]
+    first_size: int
+    second_size: int
+    def __init__(self, first_size: _Optional[int] = ..., second_size: _Optional[int] = ...) -> None: ...
+
+class GetConsistencyProofResponse(_message.Message):
+    __slots__ = ("first_size", "second_size", "hashes")
+    FIRST_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SECOND_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    first_size: int
+    second_size: int
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, first_size: _Optional[int] = ..., second_size: _Optional[int] = ..., hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...

@@ -55,6 +55,26 @@ class AuditServiceStub:
                 request_serializer=audit_dot_v1_dot_service__pb2.QueryRequest.SerializeToString,
                 response_deserializer=audit_dot_v1_dot_service__pb2.QueryResponse.FromString,
                 _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/audit.v1.AuditService/GetCheckpoint',
+                request_serializer=audit_dot_v1_dot_service__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_service__pb2.GetCheckpointResponse.FromString,
+                _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/audit.v1.AuditService/ListCheckpoints',
+                request_serializer=audit_dot_v1_dot_service__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_service__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/audit.v1.AuditService/GetInclusionProof',
+                request_serializer=audit_dot_v1_dot_service__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_service__pb2.GetInclusionProofResponse.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/audit.v1.AuditService/GetConsistencyProof',
+                request_serializer=audit_dot_v1_dot_service__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_service__pb2.GetConsistencyProofResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -94,6 +114,38 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCheckpoint(self, request, context):
+        """GetCheckpoint returns the newest signed checkpoint of the log (or the one of a given size)
+        and the public key that verifies it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """ListCheckpoints returns the stored checkpoints in the order they were signed, one page at a
+        time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """GetInclusionProof proves that an entry is in the log: an RFC 6962 Merkle audit path from its
+        entry hash to the root of the tree of a given size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """GetConsistencyProof proves that the log of one size is a prefix of the log of a larger
+        size (RFC 6962): it only grew between two checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +168,26 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=audit_dot_v1_dot_service__pb2.QueryRequest.FromString,
                     response_serializer=audit_dot_v1_dot_service__pb2.QueryResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=audit_dot_v1_dot_service__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_service__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=audit_dot_v1_dot_service__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_service__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=audit_dot_v1_dot_service__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_service__pb2.GetInclusionProofResponse.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=audit_dot_v1_dot_service__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_service__pb2.GetConsistencyProofResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +299,114 @@ class AuditService:
             '/audit.v1.AuditService/Query',
             audit_dot_v1_dot_service__pb2.QueryRequest.SerializeToString,
             audit_dot_v1_dot_service__pb2.QueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AuditService/GetCheckpoint',
+            audit_dot_v1_dot_service__pb2.GetCheckpointRequest.SerializeToString,
+            audit_dot_v1_dot_service__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AuditService/ListCheckpoints',
+            audit_dot_v1_dot_service__pb2.ListCheckpointsRequest.SerializeToString,
+            audit_dot_v1_dot_service__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AuditService/GetInclusionProof',
+            audit_dot_v1_dot_service__pb2.GetInclusionProofRequest.SerializeToString,
+            audit_dot_v1_dot_service__pb2.GetInclusionProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AuditService/GetConsistencyProof',
+            audit_dot_v1_dot_service__pb2.GetConsistencyProofRequest.SerializeToString,
+            audit_dot_v1_dot_service__pb2.GetConsistencyProofResponse.FromString,
             options,
             channel_credentials,
             insecure,

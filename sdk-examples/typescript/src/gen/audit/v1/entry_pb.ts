@@ -12,14 +12,14 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file audit/v1/entry.proto.
  */
 export const file_audit_v1_entry: GenFile = /*@__PURE__*/
-  fileDesc("ChRhdWRpdC92MS9lbnRyeS5wcm90bxIIYXVkaXQudjEi3gQKCkF1ZGl0RW50cnkSCgoCaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSEgoKcmVxdWVzdF9pZBgDIAEoCRIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1yZWNlaXZlZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBiABKAkSDgoGbWV0aG9kGAcgASgJEg0KBWV2ZW50GAggASgJEhAKCGNhdGVnb3J5GAkgASgJEhAKCHJlc291cmNlGAogASgJEh4KBWxldmVsGAsgASgOMg8uYXVkaXQudjEuTGV2ZWwSIgoHb3V0Y29tZRgMIAEoDjIRLmF1ZGl0LnYxLk91dGNvbWUSEwoLc3RhdHVzX2NvZGUYDSABKAUSFgoOc3RhdHVzX21lc3NhZ2UYDiABKAkSIAoGY2FsbGVyGA8gASgLMhAuYXVkaXQudjEuQ2FsbGVyEiQKCHJlY29yZGVyGBAgASgLMhIuYXVkaXQudjEuUmVjb3JkZXISKgoHbGF0ZW5jeRgRIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgdkZXRhaWxzGBIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIwCgZsYWJlbHMYEyADKAsyIC5hdWRpdC52MS5BdWRpdEVudHJ5LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEipwEKBkNhbGxlchIiCgR1bml4GAEgASgLMhIuYXVkaXQudjEuVW5peFBlZXJIABIoCgduZXR3b3JrGAIgASgLMhUuYXVkaXQudjEuTmV0d29ya1BlZXJIABIRCglwcmluY2lwYWwYAyABKAkSDAoEcm9sZRgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJEhIKCnVzZXJfYWdlbnQYBiABKAlCBgoEcGVlciJgCghSZWNvcmRlchIiCgR1bml4GAEgASgLMhIuYXVkaXQudjEuVW5peFBlZXJIABIoCgduZXR3b3JrGAIgASgLMhUuYXVkaXQudjEuTmV0d29ya1BlZXJIAEIGCgRwZWVyIkYKCFVuaXhQZWVyEgsKA3VpZBgBIAEoDRILCgNnaWQYAiABKA0SCwoDcGlkGAMgASgNEhMKC2JpbmFyeV9wYXRoGAQgASgJIk4KC05ldHdvcmtQZWVyEg8KB2FkZHJlc3MYASABKAkSEQoJc3BpZmZlX2lkGAIgASgJEhsKE2NlcnRpZmljYXRlX3N1YmplY3QYAyABKAkqdwoFTGV2ZWwSFQoRTEVWRUxfVU5TUEVDSUZJRUQQABIPCgtMRVZFTF9ERUJVRxABEg4KCkxFVkVMX0lORk8QAhIRCg1MRVZFTF9XQVJOSU5HEAMSDwoLTEVWRUxfRVJST1IQBBISCg5MRVZFTF9DUklUSUNBTBAFKl4KB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhMKD09VVENPTUVfU1VDQ0VTUxABEhIKDk9VVENPTUVfREVOSUVEEAISEQoNT1VUQ09NRV9FUlJPUhADYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChRhdWRpdC92MS9lbnRyeS5wcm90bxIIYXVkaXQudjEihgUKCkF1ZGl0RW50cnkSCgoCaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSEgoKcmVxdWVzdF9pZBgDIAEoCRIoCgR0aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1yZWNlaXZlZF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzb3VyY2UYBiABKAkSDgoGbWV0aG9kGAcgASgJEg0KBWV2ZW50GAggASgJEhAKCGNhdGVnb3J5GAkgASgJEhAKCHJlc291cmNlGAogASgJEh4KBWxldmVsGAsgASgOMg8uYXVkaXQudjEuTGV2ZWwSIgoHb3V0Y29tZRgMIAEoDjIRLmF1ZGl0LnYxLk91dGNvbWUSEwoLc3RhdHVzX2NvZGUYDSABKAUSFgoOc3RhdHVzX21lc3NhZ2UYDiABKAkSIAoGY2FsbGVyGA8gASgLMhAuYXVkaXQudjEuQ2FsbGVyEiQKCHJlY29yZGVyGBAgASgLMhIuYXVkaXQudjEuUmVjb3JkZXISKgoHbGF0ZW5jeRgRIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgdkZXRhaWxzGBIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIwCgZsYWJlbHMYEyADKAsyIC5hdWRpdC52MS5BdWRpdEVudHJ5LkxhYmVsc0VudHJ5EhIKCmVudHJ5X2hhc2gYFCABKAwSEgoKY2hhaW5faGFzaBgVIAEoDBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqcBCgZDYWxsZXISIgoEdW5peBgBIAEoCzISLmF1ZGl0LnYxLlVuaXhQZWVySAASKAoHbmV0d29yaxgCIAEoCzIVLmF1ZGl0LnYxLk5ldHdvcmtQZWVySAASEQoJcHJpbmNpcGFsGAMgASgJEgwKBHJvbGUYBCABKAkSEgoKc2Vzc2lvbl9pZBgFIAEoCRISCgp1c2VyX2FnZW50GAYgASgJQgYKBHBlZXIiYAoIUmVjb3JkZXISIgoEdW5peBgBIAEoCzISLmF1ZGl0LnYxLlVuaXhQZWVySAASKAoHbmV0d29yaxgCIAEoCzIVLmF1ZGl0LnYxLk5ldHdvcmtQZWVySABCBgoEcGVlciJGCghVbml4UGVlchILCgN1aWQYASABKA0SCwoDZ2lkGAIgASgNEgsKA3BpZBgDIAEoDRITCgtiaW5hcnlfcGF0aBgEIAEoCSJOCgtOZXR3b3JrUGVlchIPCgdhZGRyZXNzGAEgASgJEhEKCXNwaWZmZV9pZBgCIAEoCRIbChNjZXJ0aWZpY2F0ZV9zdWJqZWN0GAMgASgJKncKBUxldmVsEhUKEUxFVkVMX1VOU1BFQ0lGSUVEEAASDwoLTEVWRUxfREVCVUcQARIOCgpMRVZFTF9JTkZPEAISEQoNTEVWRUxfV0FSTklORxADEg8KC0xFVkVMX0VSUk9SEAQSEgoOTEVWRUxfQ1JJVElDQUwQBSpeCgdPdXRjb21lEhcKE09VVENPTUVfVU5TUEVDSUZJRUQQABITCg9PVVRDT01FX1NVQ0NFU1MQARISCg5PVVRDT01FX0RFTklFRBACEhEKDU9VVENPTUVfRVJST1IQA2IGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * AuditEntry is one record of the audit trail: who did what, to what, and how it ended.
  *
  * Entries are immutable once stored. The server fills `id`, `sequence`, `request_id`, `time`,
- * `received_time`, `level` and `recorder` where the caller leaves them empty (`recorder` and
- * `sequence` are always the server's own).
+ * `received_time`, `level` and `recorder` where the caller leaves them empty (`recorder`,
+ * `sequence`, `entry_hash` and `chain_hash` are always the server's own).
  *
  * @generated from message audit.v1.AuditEntry
  */
@@ -162,6 +162,24 @@ export type AuditEntry = Message<"audit.v1.AuditEntry"> & {
    * @generated from field: map<string, string> labels = 19;
    */
   labels: { [key: string]: string };
+
+  /**
+   * SHA-256 of the entry's canonical encoding (every field above, `sequence` included), as
+   * stored. Set by the server on reads and ignored when sent by a client. See the `audit-ledger`
+   * crate for the encoding.
+   *
+   * @generated from field: bytes entry_hash = 20;
+   */
+  entryHash: Uint8Array;
+
+  /**
+   * Hash chain value after this entry: SHA-256("audit.v1/chain\0" || previous chain_hash ||
+   * entry_hash), starting from 32 zero bytes. Set by the server on reads and ignored when sent
+   * by a client.
+   *
+   * @generated from field: bytes chain_hash = 21;
+   */
+  chainHash: Uint8Array;
 };
 
 /**

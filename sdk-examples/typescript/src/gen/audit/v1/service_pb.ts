@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file audit/v1/service.proto.
  */
 export const file_audit_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("ChZhdWRpdC92MS9zZXJ2aWNlLnByb3RvEghhdWRpdC52MSI0Cg1SZWNvcmRSZXF1ZXN0EiMKBWVudHJ5GAEgASgLMhQuYXVkaXQudjEuQXVkaXRFbnRyeSIuCg5SZWNvcmRSZXNwb25zZRIKCgJpZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBCJPChJSZWNvcmRCYXRjaFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIlCgdlbnRyaWVzGAIgAygLMhQuYXVkaXQudjEuQXVkaXRFbnRyeSJJChNSZWNvcmRCYXRjaFJlc3BvbnNlEhIKCnJlcXVlc3RfaWQYASABKAkSCwoDaWRzGAIgAygJEhEKCXNlcXVlbmNlcxgDIAMoBCKvAwoGRmlsdGVyEhIKCnJlcXVlc3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEg4KBm1ldGhvZBgDIAEoCRIRCglwcmluY2lwYWwYBCABKAkSEQoJc3BpZmZlX2lkGAUgASgJEiMKCG91dGNvbWVzGAYgAygOMhEuYXVkaXQudjEuT3V0Y29tZRIUCgxzdGF0dXNfY29kZXMYByADKAUSDQoFZXZlbnQYCCABKAkSEAoIY2F0ZWdvcnkYCSABKAkSIgoJbWluX2xldmVsGAogASgOMg8uYXVkaXQudjEuTGV2ZWwSLgoKc3RhcnRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBmxhYmVscxgNIAMoCzIcLmF1ZGl0LnYxLkZpbHRlci5MYWJlbHNFbnRyeRIQCghyZXNvdXJjZRgOIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImoKDVN0YXJ0UG9zaXRpb24SGAoOYWZ0ZXJfc2VxdWVuY2UYASABKARIABIzCg1yZWNlaXZlZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAQgoKCHBvc2l0aW9uIlwKEFN1YnNjcmliZVJlcXVlc3QSIAoGZmlsdGVyGAEgASgLMhAuYXVkaXQudjEuRmlsdGVyEiYKBXN0YXJ0GAIgASgLMhcuYXVkaXQudjEuU3RhcnRQb3NpdGlvbiJvChFTdWJzY3JpYmVSZXNwb25zZRIlCgVlbnRyeRgBIAEoCzIULmF1ZGl0LnYxLkF1ZGl0RW50cnlIABIoCgloZWFydGJlYXQYAiABKAsyEy5hdWRpdC52MS5IZWFydGJlYXRIAEIJCgdtZXNzYWdlIkcKCUhlYXJ0YmVhdBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ3CgxRdWVyeVJlcXVlc3QSIAoGZmlsdGVyGAEgASgLMhAuYXVkaXQudjEuRmlsdGVyEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEh4KBW9yZGVyGAQgASgOMg8uYXVkaXQudjEuT3JkZXIiTwoNUXVlcnlSZXNwb25zZRIlCgdlbnRyaWVzGAEgAygLMhQuYXVkaXQudjEuQXVkaXRFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqSQoFT3JkZXISFQoRT1JERVJfVU5TUEVDSUZJRUQQABITCg9PUkRFUl9BU0NFTkRJTkcQARIUChBPUkRFUl9ERVNDRU5ESU5HEAIymQIKDEF1ZGl0U2VydmljZRI7CgZSZWNvcmQSFy5hdWRpdC52MS5SZWNvcmRSZXF1ZXN0GhguYXVkaXQudjEuUmVjb3JkUmVzcG9uc2USSgoLUmVjb3JkQmF0Y2gSHC5hdWRpdC52MS5SZWNvcmRCYXRjaFJlcXVlc3QaHS5hdWRpdC52MS5SZWNvcmRCYXRjaFJlc3BvbnNlEkYKCVN1YnNjcmliZRIaLmF1ZGl0LnYxLlN1YnNjcmliZVJlcXVlc3QaGy5hdWRpdC52MS5TdWJzY3JpYmVSZXNwb25zZTABEjgKBVF1ZXJ5EhYuYXVkaXQudjEuUXVlcnlSZXF1ZXN0GhcuYXVkaXQudjEuUXVlcnlSZXNwb25zZWIGcHJvdG8z", [file_audit_v1_entry, file_google_protobuf_timestamp]);
+  fileDesc("ChZhdWRpdC92MS9zZXJ2aWNlLnByb3RvEghhdWRpdC52MSI0Cg1SZWNvcmRSZXF1ZXN0EiMKBWVudHJ5GAEgASgLMhQuYXVkaXQudjEuQXVkaXRFbnRyeSJCCg5SZWNvcmRSZXNwb25zZRIKCgJpZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBISCgplbnRyeV9oYXNoGAMgASgMIk8KElJlY29yZEJhdGNoUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEiUKB2VudHJpZXMYAiADKAsyFC5hdWRpdC52MS5BdWRpdEVudHJ5Il8KE1JlY29yZEJhdGNoUmVzcG9uc2USEgoKcmVxdWVzdF9pZBgBIAEoCRILCgNpZHMYAiADKAkSEQoJc2VxdWVuY2VzGAMgAygEEhQKDGVudHJ5X2hhc2hlcxgEIAMoDCKvAwoGRmlsdGVyEhIKCnJlcXVlc3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEg4KBm1ldGhvZBgDIAEoCRIRCglwcmluY2lwYWwYBCABKAkSEQoJc3BpZmZlX2lkGAUgASgJEiMKCG91dGNvbWVzGAYgAygOMhEuYXVkaXQudjEuT3V0Y29tZRIUCgxzdGF0dXNfY29kZXMYByADKAUSDQoFZXZlbnQYCCABKAkSEAoIY2F0ZWdvcnkYCSABKAkSIgoJbWluX2xldmVsGAogASgOMg8uYXVkaXQudjEuTGV2ZWwSLgoKc3RhcnRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBmxhYmVscxgNIAMoCzIcLmF1ZGl0LnYxLkZpbHRlci5MYWJlbHNFbnRyeRIQCghyZXNvdXJjZRgOIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImoKDVN0YXJ0UG9zaXRpb24SGAoOYWZ0ZXJfc2VxdWVuY2UYASABKARIABIzCg1yZWNlaXZlZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAQgoKCHBvc2l0aW9uIlwKEFN1YnNjcmliZVJlcXVlc3QSIAoGZmlsdGVyGAEgASgLMhAuYXVkaXQudjEuRmlsdGVyEiYKBXN0YXJ0GAIgASgLMhcuYXVkaXQudjEuU3RhcnRQb3NpdGlvbiJvChFTdWJzY3JpYmVSZXNwb25zZRIlCgVlbnRyeRgBIAEoCzIULmF1ZGl0LnYxLkF1ZGl0RW50cnlIABIoCgloZWFydGJlYXQYAiABKAsyEy5hdWRpdC52MS5IZWFydGJlYXRIAEIJCgdtZXNzYWdlIkcKCUhlYXJ0YmVhdBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ3CgxRdWVyeVJlcXVlc3QSIAoGZmlsdGVyGAEgASgLMhAuYXVkaXQudjEuRmlsdGVyEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEh4KBW9yZGVyGAQgASgOMg8uYXVkaXQudjEuT3JkZXIiTwoNUXVlcnlSZXNwb25zZRIlCgdlbnRyaWVzGAEgAygLMhQuYXVkaXQudjEuQXVkaXRFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkimAEKCkNoZWNrcG9pbnQSDQoFaW5kZXgYASABKAQSDgoGb3JpZ2luGAIgASgJEgwKBHNpemUYAyABKAQSEQoJcm9vdF9oYXNoGAQgASgMEhIKCmNoYWluX2hhc2gYBSABKAwSKAoEdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEbm90ZRgHIAEoCSIkChRHZXRDaGVja3BvaW50UmVxdWVzdBIMCgRzaXplGAEgASgEIlUKFUdldENoZWNrcG9pbnRSZXNwb25zZRIoCgpjaGVja3BvaW50GAEgASgLMhQuYXVkaXQudjEuQ2hlY2twb2ludBISCgpwdWJsaWNfa2V5GAIgASgJIkAKFkxpc3RDaGVja3BvaW50c1JlcXVlc3QSEwoLYWZ0ZXJfaW5kZXgYASABKAQSEQoJcGFnZV9zaXplGAIgASgNIkQKF0xpc3RDaGVja3BvaW50c1Jlc3BvbnNlEikKC2NoZWNrcG9pbnRzGAEgAygLMhQuYXVkaXQudjEuQ2hlY2twb2ludCI/ChhHZXRJbmNsdXNpb25Qcm9vZlJlcXVlc3QSEAoIc2VxdWVuY2UYASABKAQSEQoJdHJlZV9zaXplGAIgASgEImQKGUdldEluY2x1c2lvblByb29mUmVzcG9uc2USEAoIc2VxdWVuY2UYASABKAQSEQoJdHJlZV9zaXplGAIgASgEEhIKCmVudHJ5X2hhc2gYAyABKAwSDgoGaGFzaGVzGAQgAygMIkUKGkdldENvbnNpc3RlbmN5UHJvb2ZSZXF1ZXN0EhIKCmZpcnN0X3NpemUYASABKAQSEwoLc2Vjb25kX3NpemUYAiABKAQiVgobR2V0Q29uc2lzdGVuY3lQcm9vZlJlc3BvbnNlEhIKCmZpcnN0X3NpemUYASABKAQSEwoLc2Vjb25kX3NpemUYAiABKAQSDgoGaGFzaGVzGAMgAygMKkkKBU9yZGVyEhUKEU9SREVSX1VOU1BFQ0lGSUVEEAASEwoPT1JERVJfQVNDRU5ESU5HEAESFAoQT1JERVJfREVTQ0VORElORxACMoUFCgxBdWRpdFNlcnZpY2USOwoGUmVjb3JkEhcuYXVkaXQudjEuUmVjb3JkUmVxdWVzdBoYLmF1ZGl0LnYxLlJlY29yZFJlc3BvbnNlEkoKC1JlY29yZEJhdGNoEhwuYXVkaXQudjEuUmVjb3JkQmF0Y2hSZXF1ZXN0Gh0uYXVkaXQudjEuUmVjb3JkQmF0Y2hSZXNwb25zZRJGCglTdWJzY3JpYmUSGi5hdWRpdC52MS5TdWJzY3JpYmVSZXF1ZXN0GhsuYXVkaXQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARI4CgVRdWVyeRIWLmF1ZGl0LnYxLlF1ZXJ5UmVxdWVzdBoXLmF1ZGl0LnYxLlF1ZXJ5UmVzcG9uc2USUAoNR2V0Q2hlY2twb2ludBIeLmF1ZGl0LnYxLkdldENoZWNrcG9pbnRSZXF1ZXN0Gh8uYXVkaXQudjEuR2V0Q2hlY2twb2ludFJlc3BvbnNlElYKD0xpc3RDaGVja3BvaW50cxIgLmF1ZGl0LnYxLkxpc3RDaGVja3BvaW50c1JlcXVlc3QaIS5hdWRpdC52MS5MaXN0Q2hlY2twb2ludHNSZXNwb25zZRJcChFHZXRJbmNsdXNpb25Qcm9vZhIiLmF1ZGl0LnYxLkdldEluY2x1c2lvblByb29mUmVxdWVzdBojLmF1ZGl0LnYxLkdldEluY2x1c2lvblByb29mUmVzcG9uc2USYgoTR2V0Q29uc2lzdGVuY3lQcm9vZhIkLmF1ZGl0LnYxLkdldENvbnNpc3RlbmN5UHJvb2ZSZXF1ZXN0GiUuYXVkaXQudjEuR2V0Q29uc2lzdGVuY3lQcm9vZlJlc3BvbnNlYgZwcm90bzM", [file_audit_v1_entry, file_google_protobuf_timestamp]);
 
 /**
  * RecordRequest carries one entry to store.
@@ -56,6 +56,14 @@ export type RecordResponse = Message<"audit.v1.RecordResponse"> & {
    * @generated from field: uint64 sequence = 2;
    */
   sequence: bigint;
+
+  /**
+   * Hash of the stored entry (`AuditEntry.entry_hash`): evidence of what was stored, to check
+   * later against an inclusion proof. For a retried id, the hash of the first recording.
+   *
+   * @generated from field: bytes entry_hash = 3;
+   */
+  entryHash: Uint8Array;
 };
 
 /**
@@ -120,6 +128,13 @@ export type RecordBatchResponse = Message<"audit.v1.RecordBatchResponse"> & {
    * @generated from field: repeated uint64 sequences = 3;
    */
   sequences: bigint[];
+
+  /**
+   * Hashes of the stored entries (`AuditEntry.entry_hash`), in request order.
+   *
+   * @generated from field: repeated bytes entry_hashes = 4;
+   */
+  entryHashes: Uint8Array[];
 };
 
 /**
@@ -447,6 +462,306 @@ export const QueryResponseSchema: GenMessage<QueryResponse> = /*@__PURE__*/
   messageDesc(file_audit_v1_service, 10);
 
 /**
+ * Checkpoint is a signed statement of the log's state: its first `size` entries have Merkle
+ * root `root_hash` and chain head `chain_hash`. Only `note` is signed; the other fields repeat
+ * what it says, for convenience.
+ *
+ * @generated from message audit.v1.Checkpoint
+ */
+export type Checkpoint = Message<"audit.v1.Checkpoint"> & {
+  /**
+   * Position of the checkpoint among the stored checkpoints, from 1, in the order they were
+   * signed.
+   *
+   * @generated from field: uint64 index = 1;
+   */
+  index: bigint;
+
+  /**
+   * Name of the log (the note's origin line).
+   *
+   * @generated from field: string origin = 2;
+   */
+  origin: string;
+
+  /**
+   * Number of entries covered: sequences 1 to `size`.
+   *
+   * @generated from field: uint64 size = 3;
+   */
+  size: bigint;
+
+  /**
+   * RFC 6962 Merkle tree hash of the entry hashes of sequences 1 to `size`.
+   *
+   * @generated from field: bytes root_hash = 4;
+   */
+  rootHash: Uint8Array;
+
+  /**
+   * Chain value (`AuditEntry.chain_hash`) of entry `size`; 32 zero bytes when `size` is 0.
+   *
+   * @generated from field: bytes chain_hash = 5;
+   */
+  chainHash: Uint8Array;
+
+  /**
+   * When the server signed the checkpoint.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 6;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * The checkpoint as a C2SP signed note: origin, size, base64 root, `chain <base64>`,
+   * `time <unix seconds>`, a blank line, and an Ed25519 signature line.
+   *
+   * @generated from field: string note = 7;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message audit.v1.Checkpoint.
+ * Use `create(CheckpointSchema)` to create a new message.
+ */
+export const CheckpointSchema: GenMessage<Checkpoint> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 11);
+
+/**
+ * GetCheckpointRequest asks for a checkpoint.
+ *
+ * @generated from message audit.v1.GetCheckpointRequest
+ */
+export type GetCheckpointRequest = Message<"audit.v1.GetCheckpointRequest"> & {
+  /**
+   * The size of the checkpoint wanted; 0 for the newest.
+   *
+   * @generated from field: uint64 size = 1;
+   */
+  size: bigint;
+};
+
+/**
+ * Describes the message audit.v1.GetCheckpointRequest.
+ * Use `create(GetCheckpointRequestSchema)` to create a new message.
+ */
+export const GetCheckpointRequestSchema: GenMessage<GetCheckpointRequest> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 12);
+
+/**
+ * GetCheckpointResponse carries a checkpoint and the key that signs the log's checkpoints.
+ *
+ * @generated from message audit.v1.GetCheckpointResponse
+ */
+export type GetCheckpointResponse = Message<"audit.v1.GetCheckpointResponse"> & {
+  /**
+   * The checkpoint; unset when the log has none yet.
+   *
+   * @generated from field: audit.v1.Checkpoint checkpoint = 1;
+   */
+  checkpoint?: Checkpoint | undefined;
+
+  /**
+   * The server's public key as a C2SP verifier key, `<name>+<hex key id>+<base64 key>`.
+   * Verifiers should take it from a trusted source, not from the server they verify.
+   *
+   * @generated from field: string public_key = 2;
+   */
+  publicKey: string;
+};
+
+/**
+ * Describes the message audit.v1.GetCheckpointResponse.
+ * Use `create(GetCheckpointResponseSchema)` to create a new message.
+ */
+export const GetCheckpointResponseSchema: GenMessage<GetCheckpointResponse> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 13);
+
+/**
+ * ListCheckpointsRequest asks for one page of stored checkpoints.
+ *
+ * @generated from message audit.v1.ListCheckpointsRequest
+ */
+export type ListCheckpointsRequest = Message<"audit.v1.ListCheckpointsRequest"> & {
+  /**
+   * Return checkpoints whose index is greater than this one; 0 starts at the first.
+   *
+   * @generated from field: uint64 after_index = 1;
+   */
+  afterIndex: bigint;
+
+  /**
+   * Most checkpoints to return; the server uses its default when 0 and caps it at its maximum.
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message audit.v1.ListCheckpointsRequest.
+ * Use `create(ListCheckpointsRequestSchema)` to create a new message.
+ */
+export const ListCheckpointsRequestSchema: GenMessage<ListCheckpointsRequest> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 14);
+
+/**
+ * ListCheckpointsResponse is one page of checkpoints, in index order.
+ *
+ * @generated from message audit.v1.ListCheckpointsResponse
+ */
+export type ListCheckpointsResponse = Message<"audit.v1.ListCheckpointsResponse"> & {
+  /**
+   * The checkpoints; fewer than asked (or none) at the end.
+   *
+   * @generated from field: repeated audit.v1.Checkpoint checkpoints = 1;
+   */
+  checkpoints: Checkpoint[];
+};
+
+/**
+ * Describes the message audit.v1.ListCheckpointsResponse.
+ * Use `create(ListCheckpointsResponseSchema)` to create a new message.
+ */
+export const ListCheckpointsResponseSchema: GenMessage<ListCheckpointsResponse> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 15);
+
+/**
+ * GetInclusionProofRequest asks for the proof that an entry is in the tree of a given size.
+ *
+ * @generated from message audit.v1.GetInclusionProofRequest
+ */
+export type GetInclusionProofRequest = Message<"audit.v1.GetInclusionProofRequest"> & {
+  /**
+   * Sequence of the entry (its leaf index is `sequence - 1`).
+   *
+   * @generated from field: uint64 sequence = 1;
+   */
+  sequence: bigint;
+
+  /**
+   * Size of the tree; 0 for the size of the newest checkpoint.
+   *
+   * @generated from field: uint64 tree_size = 2;
+   */
+  treeSize: bigint;
+};
+
+/**
+ * Describes the message audit.v1.GetInclusionProofRequest.
+ * Use `create(GetInclusionProofRequestSchema)` to create a new message.
+ */
+export const GetInclusionProofRequestSchema: GenMessage<GetInclusionProofRequest> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 16);
+
+/**
+ * GetInclusionProofResponse is an RFC 6962 Merkle audit path.
+ *
+ * @generated from message audit.v1.GetInclusionProofResponse
+ */
+export type GetInclusionProofResponse = Message<"audit.v1.GetInclusionProofResponse"> & {
+  /**
+   * Sequence of the entry.
+   *
+   * @generated from field: uint64 sequence = 1;
+   */
+  sequence: bigint;
+
+  /**
+   * Size of the tree the proof leads to.
+   *
+   * @generated from field: uint64 tree_size = 2;
+   */
+  treeSize: bigint;
+
+  /**
+   * The entry's hash; its leaf is SHA-256(0x00 || entry_hash).
+   *
+   * @generated from field: bytes entry_hash = 3;
+   */
+  entryHash: Uint8Array;
+
+  /**
+   * The audit path, from the leaf up.
+   *
+   * @generated from field: repeated bytes hashes = 4;
+   */
+  hashes: Uint8Array[];
+};
+
+/**
+ * Describes the message audit.v1.GetInclusionProofResponse.
+ * Use `create(GetInclusionProofResponseSchema)` to create a new message.
+ */
+export const GetInclusionProofResponseSchema: GenMessage<GetInclusionProofResponse> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 17);
+
+/**
+ * GetConsistencyProofRequest asks for the proof that the tree of `first_size` entries is a
+ * prefix of the tree of `second_size` entries.
+ *
+ * @generated from message audit.v1.GetConsistencyProofRequest
+ */
+export type GetConsistencyProofRequest = Message<"audit.v1.GetConsistencyProofRequest"> & {
+  /**
+   * The smaller size.
+   *
+   * @generated from field: uint64 first_size = 1;
+   */
+  firstSize: bigint;
+
+  /**
+   * The larger size; 0 for the size of the newest checkpoint.
+   *
+   * @generated from field: uint64 second_size = 2;
+   */
+  secondSize: bigint;
+};
+
+/**
+ * Describes the message audit.v1.GetConsistencyProofRequest.
+ * Use `create(GetConsistencyProofRequestSchema)` to create a new message.
+ */
+export const GetConsistencyProofRequestSchema: GenMessage<GetConsistencyProofRequest> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 18);
+
+/**
+ * GetConsistencyProofResponse is an RFC 6962 consistency proof.
+ *
+ * @generated from message audit.v1.GetConsistencyProofResponse
+ */
+export type GetConsistencyProofResponse = Message<"audit.v1.GetConsistencyProofResponse"> & {
+  /**
+   * The smaller size.
+   *
+   * @generated from field: uint64 first_size = 1;
+   */
+  firstSize: bigint;
+
+  /**
+   * The larger size.
+   *
+   * @generated from field: uint64 second_size = 2;
+   */
+  secondSize: bigint;
+
+  /**
+   * The proof's hashes.
+   *
+   * @generated from field: repeated bytes hashes = 3;
+   */
+  hashes: Uint8Array[];
+};
+
+/**
+ * Describes the message audit.v1.GetConsistencyProofResponse.
+ * Use `create(GetConsistencyProofResponseSchema)` to create a new message.
+ */
+export const GetConsistencyProofResponseSchema: GenMessage<GetConsistencyProofResponse> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 19);
+
+/**
  * Order is the order of query results.
  *
  * @generated from enum audit.v1.Order
@@ -530,6 +845,50 @@ export const AuditService: GenService<{
     methodKind: "unary";
     input: typeof QueryRequestSchema;
     output: typeof QueryResponseSchema;
+  },
+  /**
+   * GetCheckpoint returns the newest signed checkpoint of the log (or the one of a given size)
+   * and the public key that verifies it.
+   *
+   * @generated from rpc audit.v1.AuditService.GetCheckpoint
+   */
+  getCheckpoint: {
+    methodKind: "unary";
+    input: typeof GetCheckpointRequestSchema;
+    output: typeof GetCheckpointResponseSchema;
+  },
+  /**
+   * ListCheckpoints returns the stored checkpoints in the order they were signed, one page at a
+   * time.
+   *
+   * @generated from rpc audit.v1.AuditService.ListCheckpoints
+   */
+  listCheckpoints: {
+    methodKind: "unary";
+    input: typeof ListCheckpointsRequestSchema;
+    output: typeof ListCheckpointsResponseSchema;
+  },
+  /**
+   * GetInclusionProof proves that an entry is in the log: an RFC 6962 Merkle audit path from its
+   * entry hash to the root of the tree of a given size.
+   *
+   * @generated from rpc audit.v1.AuditService.GetInclusionProof
+   */
+  getInclusionProof: {
+    methodKind: "unary";
+    input: typeof GetInclusionProofRequestSchema;
+    output: typeof GetInclusionProofResponseSchema;
+  },
+  /**
+   * GetConsistencyProof proves that the log of one size is a prefix of the log of a larger
+   * size (RFC 6962): it only grew between two checkpoints.
+   *
+   * @generated from rpc audit.v1.AuditService.GetConsistencyProof
+   */
+  getConsistencyProof: {
+    methodKind: "unary";
+    input: typeof GetConsistencyProofRequestSchema;
+    output: typeof GetConsistencyProofResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_audit_v1_service, 0);

@@ -1,0 +1,186 @@
+//! `audit verify`, `audit checkpoint` and `audit key`: tamper evidence from the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use audit_client::Client;
+use audit_client::verify::{self, KeySource, PublicKey, Report, Trust};
+use clap::Args;
+
+use super::output::write_line;
+
+/// Exit status when the log is not intact, distinct from 1 (could not verify at all).
+const TAMPERED: u8 = 3;
+
+/// Verify that the log is intact: every entry matches its hash, the hash chain is unbroken from
+/// the first entry, and every signed checkpoint matches the entries it covers.
+///
+/// With `--data-dir`, reads a stopped server's data directory directly (read-only); otherwise
+/// asks the running server at `--server`. Prints `OK` with counts, or `TAMPERED` with the first
+/// bad sequence and what is wrong.
+///
+/// Exit status: 0 intact, 3 tampered, 1 when verification could not run.
+///
+/// Give the public key from a trusted copy (`audit key` printed it when the server was set up):
+/// without `--public-key`, the key is taken from what is being verified, which an attacker
+/// holding the store could replace. Give a checkpoint kept from earlier (`audit checkpoint >
+/// FILE`) to catch a store rolled back to an older copy.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Data directory of a stopped server to verify offline, instead of asking `--server`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The log's public key, `<name>+<id>+<base64>`, or a file holding it.
+    #[arg(long, value_name = "KEY|FILE")]
+    public_key: Option<String>,
+    /// A signed checkpoint kept from earlier (a file written by `audit checkpoint`); the log
+    /// must contain what it signs. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Vec<PathBuf>,
+}
+
+/// Print the log's newest signed checkpoint (a C2SP signed note). Keep it to check later that
+/// the log still contains what it signs: `audit verify --checkpoint FILE`.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {}
+
+/// Print the public key that verifies the log's checkpoints, `<name>+<id>+<base64 key>`.
+///
+/// With `--data-dir`, reads it from the data directory (`signing.pub`); otherwise asks the
+/// server at `--server`.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Data directory of the server.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+pub async fn run(server: &str, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let public_key = args
+        .public_key
+        .as_deref()
+        .map(read_public_key)
+        .transpose()?;
+    let checkpoints = args
+        .checkpoint
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read checkpoint {}", path.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let trust = Trust {
+        public_key,
+        checkpoints,
+    };
+    let started = std::time::Instant::now();
+    let report = match &args.data_dir {
+        Some(dir) => {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || verify::verify_data_dir(&dir, &trust)).await??
+        }
+        None => verify::verify_server(&Client::connect(server).await?, &trust).await?,
+    };
+    print_report(&report, started.elapsed())
+}
+
+fn print_report(report: &Report, elapsed: std::time::Duration) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match report.key_source {
+        KeySource::Trusted => {}
+        KeySource::DataDir | KeySource::Server => eprintln!(
+            "audit: warning: no --public-key given; trusting the key {} presented by what is \
+             being verified",
+            report.public_key.to_text()
+        ),
+    }
+    match &report.problem {
+        None => {
+            let covered = match &report.newest_checkpoint {
+                Some(checkpoint) => format!(
+                    "; newest checkpoint signs {} entries (signed by {})",
+                    checkpoint.size,
+                    report.public_key.name()
+                ),
+                None => "; no checkpoint yet".to_string(),
+            };
+            write_line(
+                &mut out,
+                &format!(
+                    "OK: {} entries and {} checkpoints verified in {:.2}s{covered}",
+                    report.entries,
+                    report.checkpoints,
+                    elapsed.as_secs_f64()
+                ),
+            )?;
+            if report.uncovered() > 0 {
+                write_line(
+                    &mut out,
+                    &format!(
+                        "note: the last {} entries are chained but not yet covered by a signed \
+                         checkpoint",
+                        report.uncovered()
+                    ),
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(problem) => {
+            write_line(
+                &mut out,
+                &format!(
+                    "TAMPERED: first bad sequence {}: {}",
+                    problem.sequence, problem.reason
+                ),
+            )?;
+            write_line(
+                &mut out,
+                &format!(
+                    "{} entries before it and {} checkpoints verified",
+                    report.entries, report.checkpoints
+                ),
+            )?;
+            Ok(ExitCode::from(TAMPERED))
+        }
+    }
+}
+
+pub async fn checkpoint(client: Client, _args: CheckpointArgs) -> anyhow::Result<ExitCode> {
+    let response = client.checkpoint_response(0).await?;
+    let checkpoint = response
+        .checkpoint
+        .context("the server has not signed a checkpoint yet")?;
+    print!("{}", checkpoint.note);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn key(server: &str, args: KeyArgs) -> anyhow::Result<ExitCode> {
+    let text = match &args.data_dir {
+        Some(dir) => {
+            let path = dir.join("signing.pub");
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => {
+            Client::connect(server)
+                .await?
+                .checkpoint_response(0)
+                .await?
+                .public_key
+        }
+    };
+    let key = PublicKey::from_text(&text).context("not a public key")?;
+    println!("{}", key.to_text());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A public key given inline, or the path of a file holding one.
+fn read_public_key(text: &str) -> anyhow::Result<PublicKey> {
+    if let Ok(key) = PublicKey::from_text(text) {
+        return Ok(key);
+    }
+    let contents =
+        std::fs::read_to_string(text).with_context(|| format!("`{text}` is not a public key"))?;
+    PublicKey::from_text(&contents).with_context(|| format!("{text} holds no public key"))
+}

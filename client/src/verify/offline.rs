@@ -1,0 +1,171 @@
+//! Verification of a stopped server's data directory, reading its SQLite file read-only.
+
+use std::path::Path;
+
+use audit_ledger::PublicKey;
+use audit_proto::pb::{self, AuditEntry};
+use prost::Message;
+use rusqlite::{Connection, OpenFlags};
+
+use super::{KeySource, Report, Trust, Verifier};
+use crate::Error;
+
+/// The schema version this verifier reads.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Verifies the log in `data_dir` (`audit.db`, and `signing.pub` when `trust` has no key).
+///
+/// Besides hashes, chain and checkpoints, each row's indexed columns (source, method,
+/// principal, ...) must agree with the entry they index, so that no query filter can be made to
+/// hide an entry. Fails only when the data cannot be read at all; tampering is reported in
+/// the [`Report`].
+pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> {
+    let unverifiable = |what: String| Error::Unverifiable(what);
+    let (key, source) = match &trust.public_key {
+        Some(key) => (key.clone(), KeySource::Trusted),
+        None => {
+            let path = data_dir.join("signing.pub");
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                unverifiable(format!(
+                    "no public key given and cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let key = PublicKey::from_text(&text)
+                .map_err(|e| unverifiable(format!("{}: {e}", path.display())))?;
+            (key, KeySource::DataDir)
+        }
+    };
+    let path = data_dir.join("audit.db");
+    if !path.exists() {
+        return Err(unverifiable(format!("{} does not exist", path.display())));
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| unverifiable(format!("open {}: {e}", path.display())))?;
+    let sql = |e: rusqlite::Error| unverifiable(format!("read {}: {e}", path.display()));
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(sql)?;
+    if version != SCHEMA_VERSION {
+        return Err(unverifiable(format!(
+            "{} has schema version {version}; this verifier reads version {SCHEMA_VERSION} \
+             (start a current server on it once to migrate it)",
+            path.display()
+        )));
+    }
+
+    let mut verifier = Verifier::new(key, source);
+    for note in &trust.checkpoints {
+        verifier.trusted_checkpoint(note);
+    }
+    {
+        let mut statement = conn
+            .prepare("SELECT idx, size, note FROM checkpoints ORDER BY idx")
+            .map_err(sql)?;
+        let mut rows = statement.query([]).map_err(sql)?;
+        while let Some(row) = rows.next().map_err(sql)? {
+            let index: i64 = row.get(0).map_err(sql)?;
+            let size: i64 = row.get(1).map_err(sql)?;
+            let note: String = row.get(2).map_err(sql)?;
+            verifier.checkpoint(index as u64, &note, Some(size as u64));
+        }
+    }
+
+    let mut statement = conn
+        .prepare(
+            "SELECT sequence, entry, entry_hash, chain_hash, id, request_id, time_ns, \
+             received_ns, source, method, event, category, resource, level, outcome, \
+             status_code, principal, spiffe_id, labels FROM entries ORDER BY sequence",
+        )
+        .map_err(sql)?;
+    let mut rows = statement.query([]).map_err(sql)?;
+    while let Some(row) = rows.next().map_err(sql)? {
+        let sequence: i64 = row.get(0).map_err(sql)?;
+        let sequence = sequence as u64;
+        let blob = match row.get_ref(1).map_err(sql)?.as_blob() {
+            Ok(blob) => blob,
+            Err(_) => {
+                verifier.problem(sequence, "the stored entry is not a blob");
+                break;
+            }
+        };
+        let mut entry = match AuditEntry::decode(blob) {
+            Ok(entry) => entry,
+            Err(error) => {
+                verifier.problem(
+                    sequence,
+                    format!("the stored entry does not decode: {error}"),
+                );
+                break;
+            }
+        };
+        entry.sequence = sequence;
+        entry.entry_hash = row
+            .get::<_, Option<Vec<u8>>>(2)
+            .map_err(sql)?
+            .unwrap_or_default();
+        entry.chain_hash = row
+            .get::<_, Option<Vec<u8>>>(3)
+            .map_err(sql)?
+            .unwrap_or_default();
+        if !verifier.entry(&entry) {
+            break;
+        }
+        // After the hashes: a changed entry is reported as such, not by its columns.
+        if let Some(column) = mismatched_column(row, &entry) {
+            verifier.problem(
+                sequence,
+                format!("the indexed column `{column}` does not match the entry"),
+            );
+            break;
+        }
+    }
+    Ok(verifier.finish())
+}
+
+/// The first indexed column of `row` that disagrees with `entry`, as the server derives them.
+fn mismatched_column(row: &rusqlite::Row<'_>, entry: &AuditEntry) -> Option<&'static str> {
+    fn nanos(time: Option<&prost_types::Timestamp>) -> i64 {
+        time.and_then(|t| {
+            t.seconds
+                .checked_mul(1_000_000_000)?
+                .checked_add(i64::from(t.nanos))
+        })
+        .unwrap_or(0)
+    }
+    let (principal, spiffe_id) = match &entry.caller {
+        None => ("", ""),
+        Some(caller) => (
+            caller.principal.as_str(),
+            match &caller.peer {
+                Some(pb::caller::Peer::Network(network)) => network.spiffe_id.as_str(),
+                _ => "",
+            },
+        ),
+    };
+    let id = uuid::Uuid::parse_str(&entry.id).map(|id| id.as_bytes().to_vec());
+    let labels = serde_json::to_string(&entry.labels).unwrap_or_default();
+    let text = |i: usize, want: &str| row.get::<_, String>(i).ok().as_deref() == Some(want);
+    let int = |i: usize, want: i64| row.get::<_, i64>(i).ok() == Some(want);
+    let checks: [(&'static str, bool); 15] = [
+        ("id", id.ok() == row.get::<_, Vec<u8>>(4).ok()),
+        ("request_id", text(5, &entry.request_id)),
+        ("time_ns", int(6, nanos(entry.time.as_ref()))),
+        ("received_ns", int(7, nanos(entry.received_time.as_ref()))),
+        ("source", text(8, &entry.source)),
+        ("method", text(9, &entry.method)),
+        ("event", text(10, &entry.event)),
+        ("category", text(11, &entry.category)),
+        ("resource", text(12, &entry.resource)),
+        ("level", int(13, i64::from(entry.level))),
+        ("outcome", int(14, i64::from(entry.outcome))),
+        ("status_code", int(15, i64::from(entry.status_code))),
+        ("principal", text(16, principal)),
+        ("spiffe_id", text(17, spiffe_id)),
+        ("labels", text(18, &labels)),
+    ];
+    checks.into_iter().find(|(_, ok)| !ok).map(|(name, _)| name)
+}

@@ -1,0 +1,419 @@
+//! [`Verifier`]: checks a log fed one entry at a time, in sequence order, against its checkpoints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use audit_ledger::merkle::Frontier;
+use audit_ledger::{CHAIN_START, Checkpoint, Hash, PublicKey};
+use audit_proto::pb::AuditEntry;
+
+use super::KeySource;
+
+/// The first thing found wrong, at the first sequence it affects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The first sequence that is not proven intact.
+    pub sequence: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "entry {}: {}", self.sequence, self.reason)
+    }
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Entries read and found intact (up to the first problem).
+    pub entries: u64,
+    /// Checkpoints whose signature, order and content verified.
+    pub checkpoints: u64,
+    /// The newest checkpoint that verified against the entries.
+    pub newest_checkpoint: Option<Checkpoint>,
+    /// The key signatures were checked with.
+    pub public_key: PublicKey,
+    /// Where that key came from.
+    pub key_source: KeySource,
+    /// The first problem, by sequence; `None` when the log verified.
+    pub problem: Option<Problem>,
+}
+
+impl Report {
+    /// Whether the log verified.
+    pub fn is_ok(&self) -> bool {
+        self.problem.is_none()
+    }
+
+    /// Entries after the newest verified checkpoint: intact as far as the chain shows, but not
+    /// yet covered by a signature.
+    pub fn uncovered(&self) -> u64 {
+        self.entries
+            - self
+                .newest_checkpoint
+                .as_ref()
+                .map_or(0, |c| c.size.min(self.entries))
+    }
+}
+
+/// A checkpoint waiting for the entries it covers.
+#[derive(Debug)]
+struct Pending {
+    label: String,
+    checkpoint: Checkpoint,
+}
+
+/// Checks a log fed in sequence order: each entry's hash against its content, the chain
+/// between entries, and every checkpoint (signature, order, chain head and Merkle root at its
+/// size). Feed the checkpoints first ([`Verifier::checkpoint`]), then the entries
+/// ([`Verifier::entry`]), then call [`Verifier::finish`].
+#[derive(Debug)]
+pub struct Verifier {
+    key: PublicKey,
+    key_source: KeySource,
+    /// Origin of the first valid checkpoint; every other must match it.
+    origin: Option<String>,
+    /// Checkpoints that verified, by size.
+    pending: BTreeMap<u64, Vec<Pending>>,
+    /// Largest size of a stored checkpoint that verified, and its index.
+    largest: Option<(u64, u64)>,
+    /// Entries checked.
+    count: u64,
+    chain: Hash,
+    tree: Frontier,
+    /// Size of the newest checkpoint that matched the entries.
+    matched: u64,
+    matched_checkpoint: Option<Checkpoint>,
+    checkpoints_verified: u64,
+    /// The first problem, by sequence.
+    problem: Option<Problem>,
+    /// Set once an entry is bad: later entries prove nothing.
+    stopped: bool,
+}
+
+impl Verifier {
+    /// A verifier checking signatures with `key`.
+    pub fn new(key: PublicKey, key_source: KeySource) -> Self {
+        Self {
+            key,
+            key_source,
+            origin: None,
+            pending: BTreeMap::new(),
+            largest: None,
+            count: 0,
+            chain: CHAIN_START,
+            tree: Frontier::new(),
+            matched: 0,
+            matched_checkpoint: None,
+            checkpoints_verified: 0,
+            problem: None,
+            stopped: false,
+        }
+    }
+
+    /// Whether entries still need to be fed (false once an entry was found bad).
+    pub fn wants_entries(&self) -> bool {
+        !self.stopped
+    }
+
+    /// Records a problem at `sequence`; the report keeps the one with the lowest sequence.
+    pub fn problem(&mut self, sequence: u64, reason: impl Into<String>) {
+        if self.problem.as_ref().is_none_or(|p| sequence < p.sequence) {
+            self.problem = Some(Problem {
+                sequence,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// The first sequence after the checkpoints that verified so far.
+    fn after_valid(&self) -> u64 {
+        self.largest.map_or(0, |(size, _)| size) + 1
+    }
+
+    /// A checkpoint kept from earlier by the verifier: the log must contain what it signs.
+    pub fn trusted_checkpoint(&mut self, note: &str) {
+        match self.key.open(note) {
+            Ok(checkpoint) => self.expect(checkpoint, "the trusted checkpoint".to_string()),
+            Err(error) => self.problem(1, format!("the trusted checkpoint is refused: {error}")),
+        }
+    }
+
+    /// The stored checkpoint `index`, in the order the server signed them. `stated_size` is the
+    /// size the store lists it under, when it has one.
+    pub fn checkpoint(&mut self, index: u64, note: &str, stated_size: Option<u64>) {
+        let label = format!("checkpoint #{index}");
+        let checkpoint = match self.key.open(note) {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
+                let at = self.after_valid();
+                self.problem(at, format!("{label} is refused: {error}"));
+                return;
+            }
+        };
+        if let Some(stated) = stated_size
+            && stated != checkpoint.size
+        {
+            self.problem(
+                stated.min(checkpoint.size) + 1,
+                format!(
+                    "{label} is listed with size {stated} but signs size {}",
+                    checkpoint.size
+                ),
+            );
+        }
+        match &self.origin {
+            None => self.origin = Some(checkpoint.origin.clone()),
+            Some(origin) if *origin != checkpoint.origin => {
+                let at = self.after_valid();
+                self.problem(
+                    at,
+                    format!("{label} is for log `{}`, not `{origin}`", checkpoint.origin),
+                );
+                return;
+            }
+            Some(_) => {}
+        }
+        if let Some((size, previous)) = self.largest
+            && checkpoint.size < size
+        {
+            self.problem(
+                checkpoint.size + 1,
+                format!(
+                    "{label} signs {} entries, fewer than checkpoint #{previous} signed before it \
+                     ({size}): the log was rolled back or truncated",
+                    checkpoint.size
+                ),
+            );
+            return;
+        }
+        self.largest = Some((checkpoint.size, index));
+        self.expect(checkpoint, label);
+    }
+
+    fn expect(&mut self, checkpoint: Checkpoint, label: String) {
+        if checkpoint.size == 0 {
+            self.checkpoints_verified += 1;
+            return;
+        }
+        self.pending
+            .entry(checkpoint.size)
+            .or_default()
+            .push(Pending { label, checkpoint });
+    }
+
+    /// The next entry as stored: `sequence`, `entry_hash` and `chain_hash` set. Returns
+    /// whether further entries are wanted.
+    pub fn entry(&mut self, entry: &AuditEntry) -> bool {
+        if self.stopped {
+            return false;
+        }
+        let expected = self.count + 1;
+        if entry.sequence != expected {
+            let reason = if entry.sequence > expected {
+                if entry.sequence == expected + 1 {
+                    format!("missing (the next stored entry is {})", entry.sequence)
+                } else {
+                    format!(
+                        "missing, with {} more (the next stored entry is {})",
+                        entry.sequence - expected - 1,
+                        entry.sequence
+                    )
+                }
+            } else {
+                format!(
+                    "entry {} comes again after entry {}",
+                    entry.sequence, self.count
+                )
+            };
+            return self.bad(expected, reason);
+        }
+        let hash = audit_ledger::entry_hash(entry);
+        if entry.entry_hash.is_empty() {
+            return self.bad(expected, "has no entry hash");
+        }
+        if entry.entry_hash != hash {
+            // An entry intact but at another position shows what happened before it.
+            let stored_at =
+                |sequence| entry.entry_hash == audit_ledger::entry_hash_at(entry, sequence);
+            let reason = if expected > 1 && stored_at(expected - 1) {
+                "it was stored as the entry before: an entry was inserted before it"
+            } else if stored_at(expected + 1) {
+                "it was stored as the entry after: an entry before it was removed"
+            } else {
+                "its content does not match its entry hash (the entry was changed)"
+            };
+            return self.bad(expected, reason);
+        }
+        let chain = audit_ledger::chain_hash(&self.chain, &hash);
+        if entry.chain_hash != chain {
+            return self.bad(
+                expected,
+                "its chain hash does not follow from the entries before it (an entry was \
+                 changed, inserted, removed or moved)",
+            );
+        }
+        self.count = expected;
+        self.chain = chain;
+        self.tree.push(&hash);
+        self.check_checkpoints_at(expected)
+    }
+
+    /// Compares the checkpoints of size `size` with the entries read so far.
+    fn check_checkpoints_at(&mut self, size: u64) -> bool {
+        let Some(pending) = self.pending.remove(&size) else {
+            return true;
+        };
+        let root = self.tree.root();
+        for Pending { label, checkpoint } in pending {
+            if checkpoint.chain != self.chain || checkpoint.root != root {
+                let at = self.matched + 1;
+                self.problem(
+                    at,
+                    format!(
+                        "{label} (size {size}) does not match the stored entries: one of entries \
+                         {at} to {size} was changed, inserted or removed and the chain \
+                         recomputed"
+                    ),
+                );
+                self.stopped = true;
+                return false;
+            }
+            self.checkpoints_verified += 1;
+            self.matched = size;
+            self.matched_checkpoint = Some(checkpoint);
+        }
+        true
+    }
+
+    fn bad(&mut self, sequence: u64, reason: impl Into<String>) -> bool {
+        self.problem(sequence, reason);
+        self.stopped = true;
+        false
+    }
+
+    /// The verdict, once every entry has been fed.
+    pub fn finish(mut self) -> Report {
+        if !self.stopped
+            && let Some((&size, pending)) = self.pending.iter().next_back()
+        {
+            let label = pending[0].label.clone();
+            let count = self.count;
+            self.problem(
+                count + 1,
+                format!(
+                    "the log ends at entry {count} but {label} signs {size} entries: entries \
+                     were removed from the end, or the store was rolled back"
+                ),
+            );
+        }
+        Report {
+            entries: self.count,
+            checkpoints: self.checkpoints_verified,
+            newest_checkpoint: self.matched_checkpoint,
+            public_key: self.key,
+            key_source: self.key_source,
+            problem: self.problem,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use audit_ledger::SigningKey;
+
+    /// A log of `n` entries with correct hashes.
+    fn log(n: u64) -> Vec<AuditEntry> {
+        let mut chain = CHAIN_START;
+        (1..=n)
+            .map(|sequence| {
+                let mut entry = AuditEntry {
+                    sequence,
+                    source: format!("s{sequence}"),
+                    ..Default::default()
+                };
+                let hash = audit_ledger::entry_hash(&entry);
+                chain = audit_ledger::chain_hash(&chain, &hash);
+                entry.entry_hash = hash.to_vec();
+                entry.chain_hash = chain.to_vec();
+                entry
+            })
+            .collect()
+    }
+
+    fn sign(key: &SigningKey, entries: &[AuditEntry]) -> String {
+        let mut tree = Frontier::new();
+        for entry in entries {
+            tree.push(&entry.entry_hash.clone().try_into().unwrap());
+        }
+        key.sign(&Checkpoint {
+            origin: "log".into(),
+            size: entries.len() as u64,
+            root: tree.root(),
+            chain: entries
+                .last()
+                .map_or(CHAIN_START, |e| e.chain_hash.clone().try_into().unwrap()),
+            time: 1,
+        })
+    }
+
+    fn verify(key: &SigningKey, notes: &[String], entries: &[AuditEntry]) -> Report {
+        let mut verifier = Verifier::new(key.public_key(), KeySource::Trusted);
+        for (i, note) in notes.iter().enumerate() {
+            verifier.checkpoint(i as u64 + 1, note, None);
+        }
+        for entry in entries {
+            if !verifier.entry(entry) {
+                break;
+            }
+        }
+        verifier.finish()
+    }
+
+    #[test]
+    fn untouched_log_verifies() {
+        let key = SigningKey::generate("log").unwrap();
+        let entries = log(25);
+        let notes = vec![sign(&key, &entries[..10]), sign(&key, &entries[..20])];
+        let report = verify(&key, &notes, &entries);
+        assert!(report.is_ok(), "{:?}", report.problem);
+        assert_eq!((report.entries, report.checkpoints), (25, 2));
+        assert_eq!(report.uncovered(), 5);
+    }
+
+    #[test]
+    fn first_bad_sequence_is_named() {
+        let key = SigningKey::generate("log").unwrap();
+        let entries = log(30);
+        let notes = vec![sign(&key, &entries[..10]), sign(&key, &entries[..20])];
+        let first_bad = |entries: &[AuditEntry], notes: &[String]| {
+            verify(&key, notes, entries).problem.unwrap().sequence
+        };
+        let mut edited = entries.clone();
+        edited[14].resource = "x".into();
+        assert_eq!(first_bad(&edited, &notes), 15);
+        let mut removed = entries.clone();
+        removed.remove(6);
+        assert_eq!(first_bad(&removed, &notes), 7);
+        assert_eq!(first_bad(&entries[..17], &notes), 18);
+        // A recomputed chain: only the checkpoint at 20 shows it, so 11..=20 is suspect.
+        let mut recomputed = entries.clone();
+        recomputed[14].resource = "x".into();
+        let mut chain: Hash = recomputed[13].chain_hash.clone().try_into().unwrap();
+        for entry in &mut recomputed[14..] {
+            let hash = audit_ledger::entry_hash(entry);
+            chain = audit_ledger::chain_hash(&chain, &hash);
+            entry.entry_hash = hash.to_vec();
+            entry.chain_hash = chain.to_vec();
+        }
+        assert_eq!(first_bad(&recomputed, &notes), 11);
+        let other = SigningKey::generate("log").unwrap();
+        let foreign = vec![notes[0].clone(), sign(&other, &entries[..20])];
+        assert_eq!(first_bad(&entries, &foreign), 11);
+        let replayed = vec![notes[0].clone(), notes[1].clone(), notes[0].clone()];
+        assert_eq!(first_bad(&entries, &replayed), 11);
+    }
+}
