@@ -23,6 +23,8 @@ pub struct NewEntry {
     pub digest: [u8; 32],
     /// Path of the entry in the request (`entry`, `entries[3]`), for error messages.
     pub path: String,
+    /// Whether the client chose the id (and so may be retrying); server ids are fresh UUIDv7s.
+    pub client_id: bool,
 }
 
 /// What the server knows about a request, applied to each of its entries.
@@ -166,6 +168,7 @@ pub fn entry(
     }
 
     // What the client sent, minus what the server owns, decides whether a retry is the same entry.
+    let client_id = id.is_some();
     let id = id.unwrap_or_else(Uuid::now_v7);
     entry.id = id.hyphenated().to_string();
     entry.sequence = 0;
@@ -188,6 +191,7 @@ pub fn entry(
         entry,
         digest,
         path: path.to_string(),
+        client_id,
     })
 }
 

@@ -1,11 +1,13 @@
 //! The embedded store: one SQLite database in WAL mode with `synchronous=FULL`.
 //!
 //! One writer thread owns the write connection and group-commits: it takes every write request
-//! waiting in its queue, applies them in one transaction (a savepoint each, so one request's
-//! conflict does not fail the others), commits with one fsync, and only then answers each
-//! request and publishes the new head. A failed write or commit poisons the store: it refuses
+//! waiting in its queue, applies them in one transaction (a request refused for a conflicting
+//! id writes nothing, so it does not fail the others), commits with one fsync, and only then
+//! answers each request and publishes the new head. A failed write or commit poisons the store: it refuses
 //! every later write rather than retry something that may or may not be on disk.
-//! Reads go through a small pool of read-only connections on blocking threads.
+//! Reads go through a small pool of read-only connections on blocking threads, and a checkpoint
+//! thread moves committed pages from the write-ahead log into the database file, off the
+//! writer's path.
 //!
 //! The writer also keeps the log tamper-evident (see [`super::ledger`]): each entry is stored
 //! with its entry hash and chain hash, computed in the same transaction, and checkpoints are
@@ -19,7 +21,7 @@ use audit_ledger::{Hash, PublicKey};
 use audit_proto::pb::AuditEntry;
 use prost::Message;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params_from_iter};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params_from_iter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::filter_sql::condition;
@@ -66,8 +68,7 @@ CREATE INDEX entries_outcome ON entries(outcome);
 const INSERT: &str = "INSERT INTO entries (sequence, id, digest, request_id, time_ns, received_ns,
     source, method, event, category, resource, level, outcome, status_code, principal, spiffe_id,
     labels, entry, entry_hash, chain_hash)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (id) DO NOTHING";
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Tuning of the SQLite store.
 #[derive(Debug, Clone)]
@@ -100,6 +101,7 @@ struct Inner {
     head: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
     /// Verifies the store's checkpoints.
     public_key: PublicKey,
     /// Held for the store's lifetime so that no second server writes the same database.
@@ -138,6 +140,7 @@ impl SqliteStore {
                 .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
         }
         let conn = open_writer(&path)?;
+        let checkpointer = Checkpointer::spawn(&path)?;
         // The database file's directory entry must be durable too; SQLite syncs it only for
         // journals.
         File::open(data_dir)
@@ -189,6 +192,7 @@ impl SqliteStore {
                 head: head_rx,
                 writable: writable_rx,
                 writer: Mutex::new(Some(handle)),
+                checkpointer: Mutex::new(Some(checkpointer)),
                 public_key,
                 _lock: lock,
             }),
@@ -202,6 +206,51 @@ impl SqliteStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        let checkpointer = self
+            .inner
+            .checkpointer
+            .lock()
+            .expect("checkpointer lock")
+            .take();
+        if let Some(checkpointer) = checkpointer {
+            let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
+        }
+    }
+}
+
+/// How often committed pages are moved from the write-ahead log into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A thread that checkpoints the write-ahead log, so the writer never does it inline (SQLite's
+/// automatic checkpoint would run inside a commit, on the write path).
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> Result<Self, Error> {
+        let conn = Connection::open(path)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("audit-store-checkpointer".into())
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                    // PASSIVE: copies what it can without waiting for readers or the writer.
+                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(error) = done {
+                        tracing::warn!(%error, "WAL checkpoint failed; will retry");
+                    }
+                }
+            })
+            .map_err(|e| Error::Internal(format!("spawn checkpoint thread: {e}")))?;
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
     }
 }
 
@@ -335,6 +384,8 @@ fn open_writer(path: &Path) -> Result<Connection, Error> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: each commit syncs the WAL, so an acknowledged entry survives power loss.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Checkpoints run on their own thread (`Checkpointer`), not inside commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     migrate(&mut conn)?;
     Ok(conn)
 }
@@ -531,27 +582,20 @@ impl Writer {
     ) -> Result<Vec<Result<Vec<Receipt>, JobFailure>>, rusqlite::Error> {
         let mut next = self.next_sequence;
         let mut tip = self.signer.tip.clone();
-        let mut tx = self
+        let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(group.len());
         for job in group {
-            let mut savepoint = tx.savepoint()?;
-            let before = next;
-            match insert_job(&savepoint, &job.entries, &mut next)? {
-                Ok(receipts) => {
-                    savepoint.commit()?;
-                    for receipt in &receipts {
-                        tip.add(receipt.sequence, &receipt.entry_hash);
-                    }
-                    outcomes.push(Ok(receipts));
-                }
-                Err(failure) => {
-                    savepoint.rollback()?;
-                    next = before;
-                    outcomes.push(Err(failure));
+            // A refused request writes nothing (see `insert_job`), so requests need no savepoint
+            // of their own: savepoints would copy every page they touch to a sub-journal.
+            let outcome = insert_job(&tx, &job.entries, &mut next)?;
+            if let Ok(receipts) = &outcome {
+                for receipt in receipts {
+                    tip.add(receipt.sequence, &receipt.entry_hash);
                 }
             }
+            outcomes.push(outcome);
         }
         // A due checkpoint rides on this commit: no extra fsync.
         let signed = self.signer.due(&tip);
@@ -567,21 +611,47 @@ impl Writer {
 
 /// Inserts the entries of one request, assigning sequences from `next` and chaining them to the
 /// entry before (`next - 1`) as stored.
+///
+/// Entries whose client-chosen id is already stored are not stored again: their receipt is the
+/// first one. If such an entry's content differs, the request is refused before anything is
+/// written. Server-chosen ids are fresh UUIDv7s; a clash would fail the insert, and the group.
 fn insert_job(
     conn: &Connection,
     entries: &[NewEntry],
     next: &mut u64,
 ) -> Result<Result<Vec<Receipt>, JobFailure>, rusqlite::Error> {
+    let mut stored = Vec::with_capacity(entries.len());
+    for new in entries {
+        let earlier = if new.client_id {
+            stored_receipt(conn, &new.entry.id)?
+        } else {
+            None
+        };
+        if let Some((receipt, digest)) = &earlier
+            && *digest != new.digest
+        {
+            return Ok(Err(JobFailure::Conflict {
+                field: format!("{}.id", new.path),
+                id: receipt.id.clone(),
+            }));
+        }
+        stored.push(earlier.map(|(receipt, _)| receipt));
+    }
+
     let mut chain = ledger::stored_chain(conn, *next - 1)?;
     let mut insert = conn.prepare_cached(INSERT)?;
     let mut receipts = Vec::with_capacity(entries.len());
-    for new in entries {
+    for (new, earlier) in entries.iter().zip(stored) {
+        if let Some(receipt) = earlier {
+            receipts.push(receipt);
+            continue;
+        }
         let entry = &new.entry;
         let id = uuid::Uuid::parse_str(&entry.id).expect("validated id");
         let (principal, spiffe_id) = caller_identity(entry);
         let entry_hash = audit_ledger::entry_hash_at(entry, *next);
         let chain_hash = audit_ledger::chain_hash(&chain, &entry_hash);
-        let inserted = insert.execute(rusqlite::params![
+        insert.execute(rusqlite::params![
             *next as i64,
             id.as_bytes().as_slice(),
             new.digest.as_slice(),
@@ -607,48 +677,43 @@ fn insert_job(
             entry_hash.as_slice(),
             chain_hash.as_slice(),
         ])?;
-        if inserted == 1 {
-            receipts.push(Receipt {
-                id: entry.id.clone(),
-                sequence: *next,
-                request_id: entry.request_id.clone(),
-                entry_hash,
-                chain_hash,
-            });
-            *next += 1;
-            chain = chain_hash;
-            continue;
-        }
-        type Stored = (i64, Vec<u8>, String, Option<Vec<u8>>, Option<Vec<u8>>);
-        let (sequence, digest, request_id, entry_hash, chain_hash): Stored = conn.query_row(
-            "SELECT sequence, digest, request_id, entry_hash, chain_hash FROM entries WHERE id = ?",
-            [id.as_bytes().as_slice()],
-            |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                ))
-            },
-        )?;
-        let hash = |h: Option<Vec<u8>>| h.and_then(|h| h.try_into().ok()).unwrap_or([0; 32]);
-        if digest != new.digest {
-            return Ok(Err(JobFailure::Conflict {
-                field: format!("{}.id", new.path),
-                id: entry.id.clone(),
-            }));
-        }
         receipts.push(Receipt {
             id: entry.id.clone(),
-            sequence: sequence as u64,
-            request_id,
-            entry_hash: hash(entry_hash),
-            chain_hash: hash(chain_hash),
+            sequence: *next,
+            request_id: entry.request_id.clone(),
+            entry_hash,
+            chain_hash,
         });
+        *next += 1;
+        chain = chain_hash;
     }
     Ok(Ok(receipts))
+}
+
+/// The receipt and content digest of the entry stored with `id`, if any.
+fn stored_receipt(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<(Receipt, Vec<u8>)>, rusqlite::Error> {
+    let key = uuid::Uuid::parse_str(id).expect("validated id");
+    let mut select = conn.prepare_cached(
+        "SELECT sequence, digest, request_id, entry_hash, chain_hash FROM entries WHERE id = ?",
+    )?;
+    let hash = |h: Option<Vec<u8>>| h.and_then(|h| h.try_into().ok()).unwrap_or([0; 32]);
+    select
+        .query_row([key.as_bytes().as_slice()], |row| {
+            Ok((
+                Receipt {
+                    id: id.to_string(),
+                    sequence: row.get::<_, i64>(0)? as u64,
+                    request_id: row.get(2)?,
+                    entry_hash: hash(row.get(3)?),
+                    chain_hash: hash(row.get(4)?),
+                },
+                row.get::<_, Vec<u8>>(1)?,
+            ))
+        })
+        .optional()
 }
 
 fn caller_identity(entry: &AuditEntry) -> (&str, &str) {
@@ -836,6 +901,8 @@ mod tests {
                 ..Default::default()
             }),
             labels: [("k".to_string(), format!("{}", i % 2))].into(),
+            // Client-chosen, as a retry carries it.
+            id: uuid::Uuid::now_v7().to_string(),
             time: Some(prost_types::Timestamp {
                 seconds: 1_700_000_000 + i as i64,
                 nanos: 0,
