@@ -225,6 +225,15 @@ async fn a_failing_store_reports_not_serving_refuses_writes_and_keeps_what_it_ha
     assert_eq!(refused.code(), Some(Code::Unavailable));
     // Reads still work and show every acknowledged entry.
     assert_eq!(all_entries(&client).await.len() as u64, acked);
+    // An operator's health check says so and fails.
+    let health = tokio::process::Command::new(binary("audit"))
+        .args(["--server", &server.uri(), "health"])
+        .output()
+        .await
+        .expect("run audit health");
+    assert_eq!(health.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&health.stdout);
+    assert!(report.contains("NOT_SERVING"), "{report}");
 
     let mut server = server;
     let data = server.keep_data_dir().expect("temp dir");
