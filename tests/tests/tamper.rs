@@ -751,10 +751,10 @@ async fn a_version_1_store_is_migrated_and_hashed() {
     assert_eq!(report.checkpoints, 1, "signed at shutdown");
 }
 
-/// Checks the README's throughput figure can be reproduced: verifies a larger log and prints
-/// the rate (run with `--release --nocapture` for a meaningful number).
+/// A larger log, with a checkpoint every 10 entries, verifies whole. (Its speed is
+/// measured with release builds, as the README says, not here.)
 #[tokio::test]
-async fn verifier_throughput() {
+async fn a_log_of_ten_thousand_entries_verifies() {
     let server = TestServer::start_with_args(FLAGS).await;
     let client = server.client().await;
     for batch in 0..20 {
@@ -779,14 +779,7 @@ async fn verifier_throughput() {
         public_key: Some(key),
         checkpoints: Vec::new(),
     };
-    let started = std::time::Instant::now();
     let report = verify::verify_data_dir(Path::new(&dir), &trust).unwrap();
-    let elapsed = started.elapsed();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.entries, 10_000);
-    println!(
-        "verified {} entries in {elapsed:?}: {:.0} entries/s",
-        report.entries,
-        report.entries as f64 / elapsed.as_secs_f64()
-    );
 }
