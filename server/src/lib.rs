@@ -85,6 +85,9 @@ impl AuditServer {
             access,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
+        // Health is known before the first connection is served, not shortly after.
+        let writable = *store.writable().borrow();
+        set_health(&health, serving_status(writable)).await;
         tokio::spawn(follow_store_health(store.writable(), health.clone()));
 
         let reflection = || {
@@ -191,15 +194,19 @@ async fn follow_store_health(
     health: HealthReporter,
 ) {
     loop {
-        let status = if *writable.borrow_and_update() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        let status = serving_status(*writable.borrow_and_update());
         set_health(&health, status).await;
         if writable.changed().await.is_err() {
             return;
         }
+    }
+}
+
+fn serving_status(writable: bool) -> ServingStatus {
+    if writable {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
     }
 }
 
