@@ -192,17 +192,6 @@ impl Default for Limits {
     }
 }
 
-impl Config {
-    /// The default configuration with another listen address and data directory; used by tests
-    /// and embedders.
-    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
-        let mut config = Config::parse_from(["audit-server"]);
-        config.listen = Some(listen);
-        config.data_dir = data_dir.into();
-        config
-    }
-}
-
 /// Parses a socket address, or `none` for no listener.
 fn parse_listen(text: &str) -> Result<Listen, String> {
     match text.trim() {

@@ -91,11 +91,8 @@ struct Cursor<S> {
     _slot: OwnedSemaphorePermit,
 }
 
-/// Why a cursor stops.
-enum Stop {
-    /// The subscriber went away or the server is shutting down.
-    Ended,
-}
+/// A cursor stops: the subscriber went away or the server is shutting down.
+struct Ended;
 
 impl<S: Store> Cursor<S> {
     async fn run(mut self) {
@@ -111,7 +108,7 @@ impl<S: Store> Cursor<S> {
             match self.catch_up(through).await {
                 Ok(true) => last_sent = Instant::now(),
                 Ok(false) => {}
-                Err(Stop::Ended) => return,
+                Err(Ended) => return,
             }
             tokio::select! {
                 changed = head.changed() => {
@@ -133,7 +130,7 @@ impl<S: Store> Cursor<S> {
     }
 
     /// Sends every matching entry up to `through`; returns whether any was sent.
-    async fn catch_up(&mut self, through: u64) -> Result<bool, Stop> {
+    async fn catch_up(&mut self, through: u64) -> Result<bool, Ended> {
         let mut sent = false;
         while self.position < through {
             let read = Read {
@@ -149,7 +146,7 @@ impl<S: Store> Cursor<S> {
                 Ok(page) => page,
                 Err(error) => {
                     let _ = self.send(Err(error.into())).await;
-                    return Err(Stop::Ended);
+                    return Err(Ended);
                 }
             };
             for entry in page.entries {
@@ -170,7 +167,7 @@ impl<S: Store> Cursor<S> {
     }
 
     /// Tells the subscriber that every matching entry up to its position has been sent.
-    async fn heartbeat(&self) -> Result<(), Stop> {
+    async fn heartbeat(&self) -> Result<(), Ended> {
         let heartbeat = subscribe_response::Message::Heartbeat(Heartbeat {
             sequence: self.position,
             time: Some(now()),
@@ -182,10 +179,10 @@ impl<S: Store> Cursor<S> {
     }
 
     /// Waits for room in the stream, unless the subscriber leaves or the server shuts down.
-    async fn send(&self, message: Result<SubscribeResponse, Status>) -> Result<(), Stop> {
+    async fn send(&self, message: Result<SubscribeResponse, Status>) -> Result<(), Ended> {
         tokio::select! {
-            sent = self.sender.send(message) => sent.map_err(|_| Stop::Ended),
-            () = self.shutdown.cancelled() => Err(Stop::Ended),
+            sent = self.sender.send(message) => sent.map_err(|_| Ended),
+            () = self.shutdown.cancelled() => Err(Ended),
         }
     }
 }

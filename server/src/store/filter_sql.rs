@@ -92,6 +92,19 @@ pub fn condition(filter: &Filter) -> Condition {
     c
 }
 
+/// The caller's principal and SPIFFE ID: the columns the `principal` and `spiffe_id` filters
+/// read.
+pub fn caller_identity(entry: &AuditEntry) -> (&str, &str) {
+    let Some(caller) = &entry.caller else {
+        return ("", "");
+    };
+    let spiffe_id = match &caller.peer {
+        Some(caller::Peer::Network(network)) => network.spiffe_id.as_str(),
+        _ => "",
+    };
+    (caller.principal.as_str(), spiffe_id)
+}
+
 /// Whether `entry` (as stored) matches `filter` (already validated): the same test as
 /// [`condition`], evaluated in memory for entries the store still holds in memory.
 pub fn matches(filter: &Filter, entry: &AuditEntry) -> bool {
@@ -101,16 +114,7 @@ pub fn matches(filter: &Filter, entry: &AuditEntry) -> bool {
         None => text(wanted, value),
     };
     let any_of = |wanted: &[i32], value: i32| wanted.is_empty() || wanted.contains(&value);
-    let (principal, spiffe_id) = match &entry.caller {
-        Some(caller) => (
-            caller.principal.as_str(),
-            match &caller.peer {
-                Some(caller::Peer::Network(network)) => network.spiffe_id.as_str(),
-                _ => "",
-            },
-        ),
-        None => ("", ""),
-    };
+    let (principal, spiffe_id) = caller_identity(entry);
     let time = entry.time.as_ref().and_then(timestamp_nanos).unwrap_or(0);
     text(&filter.request_id, &entry.request_id)
         && text(&filter.source, &entry.source)

@@ -172,11 +172,12 @@ pub(super) struct Tip {
 }
 
 impl Tip {
-    /// Adds a newly stored entry; receipts of retried ids (already in the log) are skipped.
-    pub fn add(&mut self, sequence: u64, entry_hash: &Hash) {
+    /// Adds a newly stored entry with the chain value computed when it was stored; receipts of
+    /// retried ids (already in the log) are skipped.
+    pub fn add(&mut self, sequence: u64, entry_hash: &Hash, chain: &Hash) {
         if sequence > self.sequence {
             self.sequence = sequence;
-            self.chain = audit_ledger::chain_hash(&self.chain, entry_hash);
+            self.chain = *chain;
             self.tree.push(entry_hash);
         }
     }

@@ -24,7 +24,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params_from_iter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
-use super::filter_sql::condition;
+use super::filter_sql::{caller_identity, condition};
 use super::ledger::{self, Checkpointing, Signer, StoredCheckpoint};
 use super::recent::{self, Recent};
 use super::{Direction, Page, Read, Receipt, Store};
@@ -589,10 +589,10 @@ impl Writer {
         for job in group {
             // A refused request writes nothing (see `insert_job`), so requests need no savepoint
             // of their own: savepoints would copy every page they touch to a sub-journal.
-            let outcome = insert_job(&tx, &job.entries, &mut next)?;
+            let outcome = insert_job(&tx, &job.entries, &mut next, tip.chain)?;
             if let Ok(receipts) = &outcome {
                 for receipt in receipts {
-                    tip.add(receipt.sequence, &receipt.entry_hash);
+                    tip.add(receipt.sequence, &receipt.entry_hash, &receipt.chain_hash);
                 }
             }
             outcomes.push(outcome);
@@ -609,8 +609,8 @@ impl Writer {
     }
 }
 
-/// Inserts the entries of one request, assigning sequences from `next` and chaining them to the
-/// entry before (`next - 1`) as stored.
+/// Inserts the entries of one request, assigning sequences from `next` and chaining them to
+/// `chain`, the chain value after the entry before (`next - 1`).
 ///
 /// Entries whose client-chosen id is already stored are not stored again: their receipt is the
 /// first one. If such an entry's content differs, the request is refused before anything is
@@ -619,6 +619,7 @@ fn insert_job(
     conn: &Connection,
     entries: &[NewEntry],
     next: &mut u64,
+    mut chain: Hash,
 ) -> Result<Result<Vec<Receipt>, JobFailure>, rusqlite::Error> {
     let mut stored = Vec::with_capacity(entries.len());
     for new in entries {
@@ -638,7 +639,6 @@ fn insert_job(
         stored.push(earlier.map(|(receipt, _)| receipt));
     }
 
-    let mut chain = ledger::stored_chain(conn, *next - 1)?;
     let mut insert = conn.prepare_cached(INSERT)?;
     let mut receipts = Vec::with_capacity(entries.len());
     for (new, earlier) in entries.iter().zip(stored) {
@@ -716,17 +716,6 @@ fn stored_receipt(
         .optional()
 }
 
-fn caller_identity(entry: &AuditEntry) -> (&str, &str) {
-    let Some(caller) = &entry.caller else {
-        return ("", "");
-    };
-    let spiffe_id = match &caller.peer {
-        Some(audit_proto::pb::caller::Peer::Network(network)) => network.spiffe_id.as_str(),
-        _ => "",
-    };
-    (caller.principal.as_str(), spiffe_id)
-}
-
 // === impl DirectWriter ===
 
 /// The store's inserts without its queue, writer thread or gRPC: the same schema, durability and
@@ -735,6 +724,8 @@ fn caller_identity(entry: &AuditEntry) -> (&str, &str) {
 pub struct DirectWriter {
     conn: Connection,
     next_sequence: u64,
+    /// Chain value after the newest entry, kept in memory as the server's writer keeps it.
+    chain: Hash,
 }
 
 impl DirectWriter {
@@ -746,9 +737,11 @@ impl DirectWriter {
             [],
             |row| row.get(0),
         )?;
+        let chain = ledger::stored_chain(&conn, head as u64)?;
         Ok(Self {
             conn,
             next_sequence: head as u64 + 1,
+            chain,
         })
     }
 
@@ -758,10 +751,18 @@ impl DirectWriter {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Err(JobFailure::Conflict { field, id }) = insert_job(&tx, entries, &mut next)? {
-            return Err(Error::IdConflict { field, id });
-        }
+        let receipts = match insert_job(&tx, entries, &mut next, self.chain)? {
+            Ok(receipts) => receipts,
+            Err(JobFailure::Conflict { field, id }) => return Err(Error::IdConflict { field, id }),
+        };
         tx.commit()?;
+        if let Some(newest) = receipts
+            .iter()
+            .rev()
+            .find(|r| r.sequence >= self.next_sequence)
+        {
+            self.chain = newest.chain_hash;
+        }
         self.next_sequence = next;
         Ok(())
     }
