@@ -14,10 +14,21 @@ pub mod unix;
 use std::net::SocketAddr;
 
 use audit_proto::pb;
+use tonic::transport::CertificateDer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 pub use spiffe::{CertificateError, CertificateIdentity, SpiffeId};
 pub use unix::UnixPeerInfo;
+
+/// What a server that terminates TLS itself (rather than through tonic's transport) knows of a
+/// TLS connection; it puts this in the extensions of every request on the connection.
+#[derive(Debug, Clone)]
+pub struct TlsPeerInfo {
+    /// The peer's address, if known.
+    pub remote_addr: Option<SocketAddr>,
+    /// The client certificate the peer presented (already verified by the TLS handshake).
+    pub leaf_certificate: Option<CertificateDer<'static>>,
+}
 
 /// The identity of the peer of one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +68,17 @@ impl Peer {
             };
             return Ok(Peer::Tls {
                 address: tls.get_ref().remote_addr(),
+                certificate,
+            });
+        }
+        if let Some(tls) = extensions.get::<TlsPeerInfo>() {
+            let certificate = tls
+                .leaf_certificate
+                .as_ref()
+                .map(|der| spiffe::certificate_identity(der.as_ref()))
+                .transpose()?;
+            return Ok(Peer::Tls {
+                address: tls.remote_addr,
                 certificate,
             });
         }

@@ -55,6 +55,10 @@ pub struct Config {
     #[command(flatten)]
     pub checkpoints: CheckpointConfig,
 
+    /// How connections are accepted, kept and closed.
+    #[command(flatten)]
+    pub connections: ConnectionLimits,
+
     /// Validation and resource limits.
     #[command(flatten)]
     pub limits: Limits,
@@ -119,6 +123,49 @@ pub struct TlsConfig {
     /// TLS).
     #[arg(long, env = "AUDIT_TLS_CLIENT_CA", requires = "tls_listen")]
     pub tls_client_ca: Option<PathBuf>,
+}
+
+/// How each listener accepts, keeps and closes connections, so that idle, silent or numerous
+/// connections cannot exhaust the server or hold up its shutdown.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionLimits {
+    /// Most open connections per listener; further ones are closed at once (counted in the log).
+    #[arg(long, env = "AUDIT_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// A new connection must complete its TLS handshake and send the HTTP/2 preface within this,
+    /// or it is closed, e.g. `10s`.
+    #[arg(long, env = "AUDIT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// A connection without a call in progress for this long is closed with an HTTP/2 GOAWAY;
+    /// clients reconnect on their next call, e.g. `5m`.
+    #[arg(long, env = "AUDIT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Interval of HTTP/2 pings on every connection, to keep subscriptions open through proxies
+    /// and to find dead peers.
+    #[arg(long, env = "AUDIT_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// A peer that does not answer a ping within this long is disconnected.
+    #[arg(long, env = "AUDIT_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Most concurrent calls (HTTP/2 streams) on one connection; clients queue further calls.
+    #[arg(long, env = "AUDIT_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
+    /// At shutdown, calls in progress get this long to finish; then every connection is closed.
+    /// Subscriptions end at once, and entries already acknowledged are always kept.
+    #[arg(long, env = "AUDIT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Config::parse_from(["audit-server"]).connections
+    }
 }
 
 /// Limits on what a client may send and on the resources the server spends. Every limit has a

@@ -15,23 +15,21 @@ pub mod listen;
 mod message_limit;
 mod page_token;
 pub mod policy;
+pub mod serve;
 pub mod service;
 pub mod store;
 pub mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use audit_proto::pb::audit_service_server::AuditServiceServer;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use access::Access;
-pub use config::{Config, Limits};
+pub use config::{Config, ConnectionLimits, Limits};
 pub use error::Error;
 use hub::Hub;
 pub use listen::Listeners;
@@ -45,6 +43,7 @@ const HEALTH_SERVICES: [&str; 2] = ["", audit_proto::SERVICE_NAME];
 /// A server whose store is open, ready to serve.
 pub struct AuditServer {
     limits: Arc<Limits>,
+    connections: ConnectionLimits,
     store: SqliteStore,
     access: Arc<Access>,
 }
@@ -67,6 +66,7 @@ impl AuditServer {
         )?;
         Ok(Self {
             limits,
+            connections: config.connections,
             store,
             access,
         })
@@ -81,6 +81,7 @@ impl AuditServer {
     ) -> Result<(), Error> {
         let Self {
             limits,
+            connections,
             store,
             access,
         } = self;
@@ -129,62 +130,19 @@ impl AuditServer {
             }
         });
 
-        // One server per listener, all with the same services.
-        macro_rules! serve_on {
-            ($builder:expr, $incoming:expr) => {
-                $builder
-                    // Pings keep idle subscriptions alive through proxies and detect dead peers.
-                    .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                    .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-                    .layer(tower::util::MapResponseLayer::new(
-                        message_limit::over_limit_is_resource_exhausted::<tonic::body::Body>,
-                    ))
-                    .add_service(health_service.clone())
-                    .add_service(reflection_v1.clone())
-                    .add_service(reflection_v1alpha.clone())
-                    .add_service(audit.clone())
-                    .serve_with_incoming_shutdown($incoming, stopping.clone().cancelled_owned())
-            };
-        }
-        let tcp_incoming = |listener| {
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60)))
-        };
-        let mut servers = tokio::task::JoinSet::new();
-        let Listeners { tcp, tls, unix } = listeners;
-        if let Some(listener) = tcp {
-            servers.spawn(serve_on!(Server::builder(), tcp_incoming(listener)));
-        }
-        if let Some((listener, tls)) = tls {
-            let builder = Server::builder()
-                .tls_config(tls)
-                .map_err(|e| Error::Config(format!("TLS: {e}")))?;
-            servers.spawn(serve_on!(builder, tcp_incoming(listener)));
-        }
-        let socket_file = match unix {
-            Some(socket) => {
-                let incoming = audit_identity::unix::incoming(socket.listener);
-                servers.spawn(serve_on!(Server::builder(), incoming));
-                Some(socket.file)
-            }
-            None => None,
-        };
-        let mut failure = None;
-        while let Some(served) = servers.join_next().await {
-            match served {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failure = Some(Error::Internal(format!("transport: {e}"))),
-                Err(e) => failure = Some(Error::Internal(format!("server task: {e}"))),
-            }
-            // One listener failing stops the others too.
-            stopping.cancel();
-            streams_done.cancel();
-        }
+        let routes = tonic::service::Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(audit);
+        let service = tower::ServiceBuilder::new()
+            .map_response(message_limit::over_limit_is_resource_exhausted::<tonic::body::Body>)
+            .service(routes);
+        let (listeners, socket_file) = listeners.into_parts();
+        serve::serve(listeners, service, connections, stopping).await;
         drop(socket_file);
         store.close().await;
         tracing::info!("server stopped");
-        failure.map_or(Ok(()), Err)
+        Ok(())
     }
 }
 

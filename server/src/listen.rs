@@ -7,7 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, UnixListener};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -16,8 +16,8 @@ use crate::error::Error;
 pub struct Listeners {
     /// Plaintext TCP.
     pub tcp: Option<TcpListener>,
-    /// TLS over TCP, with its configuration.
-    pub tls: Option<(TcpListener, ServerTlsConfig)>,
+    /// TLS over TCP, with its acceptor.
+    pub tls: Option<(TcpListener, TlsAcceptor)>,
     /// The Unix domain socket.
     pub unix: Option<UnixSocket>,
 }
@@ -43,7 +43,8 @@ impl Listeners {
             &config.tls.tls_key,
         ) {
             (Some(address), Some(cert), Some(key)) => {
-                let tls = tls_config(cert, key, config.tls.tls_client_ca.as_deref())?;
+                let tls =
+                    crate::serve::tls::acceptor(cert, key, config.tls.tls_client_ca.as_deref())?;
                 Some((bind_tcp(*address).await?, tls))
             }
             _ => None,
@@ -76,24 +77,25 @@ impl Listeners {
         }
         lines
     }
+
+    /// The listeners to accept on, and the Unix socket file to remove once they are done.
+    pub fn into_parts(self) -> (Vec<crate::serve::Listener>, Option<SocketFile>) {
+        use crate::serve::Listener;
+        let mut listeners = Vec::new();
+        listeners.extend(self.tcp.map(Listener::Tcp));
+        listeners.extend(self.tls.map(|(l, tls)| Listener::Tls(l, tls)));
+        let socket_file = self.unix.map(|unix| {
+            listeners.push(Listener::Unix(unix.listener));
+            unix.file
+        });
+        (listeners, socket_file)
+    }
 }
 
 async fn bind_tcp(address: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::bind(address)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {address}: {e}")))
-}
-
-fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTlsConfig, Error> {
-    let read = |path: &Path| {
-        fs::read(path).map_err(|e| Error::Config(format!("read {}: {e}", path.display())))
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = client_ca {
-        // With a client CA, tonic requires every client to present a certificate it signed.
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(tls)
 }
 
 /// Binds a Unix socket at `path` with `mode`, replacing a stale socket file.

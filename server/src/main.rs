@@ -34,6 +34,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
+    raise_open_files_limit();
     let data_dir = config.data_dir.clone();
     let listeners = audit_server::Listeners::bind(&config).await?;
     let server = audit_server::AuditServer::open(config)?;
@@ -55,6 +56,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     server.serve(listeners, shutdown).await?;
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit, as a server holding many connections
+/// needs (the soft limit is often 1024); connections beyond it are refused by the accept loop's
+/// back-off, not by a busy loop.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open files limit"),
+    }
 }
 
 /// SIGXFSZ, "file size limit exceeded" (25 on Linux).
