@@ -10,6 +10,7 @@ pub mod access;
 pub mod config;
 pub mod error;
 pub mod evidence;
+pub mod guard;
 pub mod hub;
 pub mod listen;
 mod message_limit;
@@ -112,7 +113,7 @@ impl AuditServer {
             store.clone(),
             hub,
             limits.clone(),
-            access,
+            access.clone(),
         ))
         .max_decoding_message_size(limits.max_message_bytes);
 
@@ -136,7 +137,11 @@ impl AuditServer {
             .add_service(audit);
         let service = tower::ServiceBuilder::new()
             .map_response(message_limit::over_limit_is_resource_exhausted::<tonic::body::Body>)
-            .service(routes);
+            .service(guard::Guarded::new(
+                routes,
+                access,
+                guard::RefusalRecorder::new(store.clone(), limits.clone()),
+            ));
         let (listeners, socket_file) = listeners.into_parts();
         serve::serve(listeners, service, connections, stopping).await;
         drop(socket_file);

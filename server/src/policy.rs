@@ -29,9 +29,11 @@ use crate::error::Error;
 pub enum Permission {
     /// Record and RecordBatch.
     Record,
-    /// Query and Subscribe.
+    /// Query, Subscribe, checkpoints and proofs, and server reflection.
     Read,
-    /// Administrative calls.
+    /// gRPC health checks; always granted to the Unix socket and plaintext loopback.
+    Health,
+    /// Every permission (and administrative calls, when there are any).
     Admin,
 }
 
@@ -41,6 +43,7 @@ impl Permission {
         match self {
             Permission::Record => "record",
             Permission::Read => "read",
+            Permission::Health => "health",
             Permission::Admin => "admin",
         }
     }
@@ -139,7 +142,7 @@ impl Policy {
     /// Decides whether `peer` has `permission` under this policy.
     fn decide(&self, peer: &Peer, permission: Permission) -> Decision {
         let granted = self.grants.iter().any(|grant| {
-            grant.allow.contains(&permission)
+            (grant.allow.contains(&permission) || grant.allow.contains(&Permission::Admin))
                 && grant.to.iter().any(|identity| identity.matches(peer))
         });
         if granted {
@@ -164,7 +167,14 @@ impl Policy {
 /// Decides whether `peer` has `permission`, under `policy` or, without one, the development
 /// default: the Unix socket and plaintext loopback may do everything, TLS callers need a client
 /// certificate, other plaintext callers are refused.
+///
+/// Health checks are always allowed on the Unix socket and plaintext loopback, where local
+/// probes run; elsewhere they need the `health` permission.
 pub fn decide(policy: Option<&Policy>, peer: &Peer, permission: Permission) -> Decision {
+    let local = matches!(peer, Peer::Unix(_)) || peer.is_plaintext_loopback();
+    if permission == Permission::Health && local {
+        return Decision::Allow;
+    }
     if let Some(policy) = policy {
         return policy.decide(peer, permission);
     }
@@ -306,6 +316,38 @@ allow = ["read"]
             decide(Some(&policy), &tcp("127.0.0.1:1"), Permission::Record),
             Decision::Unauthenticated(_)
         ));
+    }
+
+    #[test]
+    fn health_is_local_or_granted_and_admin_grants_everything() {
+        let policy = Policy::parse(
+            r#"
+[[grant]]
+to = ["spiffe://prod/probe"]
+allow = ["health"]
+
+[[grant]]
+to = ["spiffe://prod/operator"]
+allow = ["admin"]
+"#,
+            false,
+        )
+        .unwrap();
+        let allowed = |peer: &Peer, p| decide(Some(&policy), peer, p) == Decision::Allow;
+        assert!(allowed(&unix(7, 7), Permission::Health));
+        assert!(allowed(&tcp("127.0.0.1:1"), Permission::Health));
+        assert!(!allowed(&tcp("10.0.0.1:1"), Permission::Health));
+        assert!(allowed(&spiffe("spiffe://prod/probe"), Permission::Health));
+        assert!(!allowed(&spiffe("spiffe://prod/probe"), Permission::Read));
+        assert!(!allowed(&spiffe("spiffe://prod/other"), Permission::Health));
+        for permission in [
+            Permission::Record,
+            Permission::Read,
+            Permission::Health,
+            Permission::Admin,
+        ] {
+            assert!(allowed(&spiffe("spiffe://prod/operator"), permission));
+        }
     }
 
     #[test]

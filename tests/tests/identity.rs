@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use audit_client::{Client, pb};
+use audit_client::{Client, ServingStatus, pb};
 use audit_tests::{TestServer, all_entries, entry, query};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -468,5 +468,100 @@ async fn refusals_beyond_the_budget_are_not_recorded() {
         (3..=6).contains(&denied.len()),
         "at most 3 per second recorded, got {}",
         denied.len()
+    );
+}
+
+#[tokio::test]
+async fn health_and_reflection_follow_the_policy() {
+    let pki = Pki::new();
+    let policy = pki.path("policy.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[grant]]
+to = ["spiffe://test.example/writers/*"]
+allow = ["record"]
+
+[[grant]]
+to = ["spiffe://test.example/probe"]
+allow = ["health"]
+
+[[grant]]
+to = ["spiffe://test.example/siem"]
+allow = ["read"]
+"#,
+    )
+    .unwrap();
+    let server = start(&pki, true, &["--policy", policy.to_str().unwrap()]).await;
+    let writer = pki
+        .client(&server, Some(&["spiffe://test.example/writers/a"]), None)
+        .await
+        .unwrap();
+    let probe = pki
+        .client(&server, Some(&["spiffe://test.example/probe"]), None)
+        .await
+        .unwrap();
+    let reader = pki
+        .client(&server, Some(&["spiffe://test.example/siem"]), None)
+        .await
+        .unwrap();
+
+    assert_eq!(probe.health("").await.unwrap(), ServingStatus::Serving);
+    let refused = writer.health("").await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::PermissionDenied), "{refused}");
+    // Local probes need no grant.
+    let loopback = server.client().await;
+    assert_eq!(loopback.health("").await.unwrap(), ServingStatus::Serving);
+
+    // Reflection reveals the API: it needs `read`, which loopback is not granted here.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(server.uri())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let refused = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([list]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused}");
+
+    let denied = query(&reader, denied_filter()).await;
+    let summary: Vec<(&str, &str)> = denied
+        .iter()
+        .map(|e| (e.method.as_str(), e.labels["permission"].as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("/grpc.health.v1.Health/Check", "health"),
+            (
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "read"
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_starts_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let server = start(&pki, true, &["--handshake-timeout", "1s"]).await;
+    let mut silent = tokio::net::TcpStream::connect(server.tls_addr.unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(audit_tests::PATIENCE, silent.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the server kept a silent TLS connection open"
     );
 }
