@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Record, batch, query, subscribe and health-check against an audit server.
 
-Usage: python example.py HOST:PORT
+Usage: python example.py HOST:PORT|unix:/path/to/audit.sock
 
 Prints one line per step and exits non-zero when the server did not behave as expected.
 """
@@ -267,7 +267,7 @@ def fail(message: str) -> NoReturn:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
-        print(f"usage: {argv[0]} HOST:PORT", file=sys.stderr)
+        print(f"usage: {argv[0]} HOST:PORT|unix:/path/to/audit.sock", file=sys.stderr)
         sys.exit(2)
     started = time.monotonic()
     try:

@@ -1,10 +1,11 @@
 // Record, batch, query, subscribe and health-check against an audit server.
 //
-// Usage: node dist/example.js HOST:PORT
+// Usage: node dist/example.js HOST:PORT|unix:/path/to/audit.sock
 //
 // Prints one line per step and exits non-zero when the server did not behave as expected.
 
 import { randomUUID } from "node:crypto";
+import { connect as connectSocket } from "node:net";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
@@ -279,10 +280,15 @@ async function checkHealth(health: Client<typeof Health>): Promise<void> {
 async function run(address: string): Promise<void> {
   const runId = randomUUID().replaceAll("-", "").slice(0, 12);
   const source = `typescript-example-${runId}`;
-  // gRPC over HTTP/2 (h2c: plaintext, loopback only), the protocol tonic speaks. One HTTP/2
-  // connection, closed when done so that Node can exit right away.
-  const baseUrl = `http://${address}`;
-  const connection = new Http2SessionManager(baseUrl);
+  // gRPC over HTTP/2 (h2c: plaintext, loopback or a Unix socket), the protocol tonic speaks.
+  // One HTTP/2 connection, closed when done so that Node can exit right away.
+  const socketPath = address.startsWith("unix:") ? address.slice("unix:".length) : undefined;
+  const baseUrl = socketPath === undefined ? `http://${address}` : "http://localhost";
+  const connection = new Http2SessionManager(
+    baseUrl,
+    undefined,
+    socketPath === undefined ? undefined : { createConnection: () => connectSocket(socketPath) },
+  );
   const transport = createGrpcTransport({ baseUrl, sessionManager: connection });
   const client = createClient(AuditService, transport);
   console.log(`talking to ${address}, source ${source}`);
@@ -300,7 +306,7 @@ async function run(address: string): Promise<void> {
 async function main(argv: string[]): Promise<number> {
   const address = argv[2];
   if (argv.length !== 3 || address === undefined) {
-    console.error(`usage: node dist/example.js HOST:PORT`);
+    console.error(`usage: node dist/example.js HOST:PORT|unix:/path/to/audit.sock`);
     return 2;
   }
   const started = performance.now();

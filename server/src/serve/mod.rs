@@ -3,6 +3,7 @@
 //! concurrent streams, and a shutdown that waits for calls in progress at most a grace period.
 
 mod accept;
+mod authority;
 mod connection;
 pub mod tls;
 
@@ -163,6 +164,7 @@ where
                     }
                 };
                 let info = ConnectionInfo::Unix(connection.peer().clone());
+                let connection = authority::RepairAuthority::new(connection);
                 connection::serve(connection, info, service, limits, accepted_at, stop).await
             }
         }

@@ -3,7 +3,7 @@
 //
 // Usage:
 //
-//	audit-example HOST:PORT
+//	audit-example HOST:PORT|unix:/path/to/audit.sock
 //
 // It prints one line per step and exits non-zero when the server did not behave as expected.
 package main
@@ -353,7 +353,7 @@ func run(address string) error {
 
 func main() {
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: audit-example HOST:PORT")
+		fmt.Fprintln(os.Stderr, "usage: audit-example HOST:PORT|unix:/path/to/audit.sock")
 		os.Exit(2)
 	}
 	started := time.Now()
