@@ -90,6 +90,29 @@ impl Peer {
         Ok(Peer::Unknown)
     }
 
+    /// The peer of a request as far as it can be known when [`Peer::from_extensions`] fails
+    /// (its client certificate is not a valid X509-SVID): a TLS peer with its address and no
+    /// certificate.
+    pub fn without_certificate(extensions: &http::Extensions) -> Self {
+        let address = extensions
+            .get::<TlsPeerInfo>()
+            .and_then(|tls| tls.remote_addr)
+            .or_else(|| {
+                extensions
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .and_then(|tls| tls.get_ref().remote_addr())
+            })
+            .or_else(|| {
+                extensions
+                    .get::<TcpConnectInfo>()
+                    .and_then(|tcp| tcp.remote_addr())
+            });
+        Peer::Tls {
+            address,
+            certificate: None,
+        }
+    }
+
     /// The peer of a tonic request; see [`Peer::from_extensions`].
     pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, CertificateError> {
         Self::from_extensions(request.extensions())
@@ -180,5 +203,34 @@ impl Peer {
             Peer::Unknown => None,
         };
         pb::Recorder { peer }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_with_an_invalid_certificate_keeps_its_address() {
+        // A certificate without a URI SAN is not an X509-SVID.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = rcgen::CertificateParams::new(vec!["client.example".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let address: SocketAddr = "10.1.2.3:4567".parse().unwrap();
+        let mut extensions = http::Extensions::new();
+        extensions.insert(TlsPeerInfo {
+            remote_addr: Some(address),
+            leaf_certificate: Some(certificate.der().clone()),
+        });
+        assert!(Peer::from_extensions(&extensions).is_err());
+        assert_eq!(
+            Peer::without_certificate(&extensions),
+            Peer::Tls {
+                address: Some(address),
+                certificate: None,
+            }
+        );
     }
 }

@@ -164,7 +164,7 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Config::parse_from(["audit-server"]).connections
+        defaults().connections
     }
 }
 
@@ -235,8 +235,19 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Config::parse_from(["audit-server"]).limits
+        defaults().limits
     }
+}
+
+/// Every setting at its default: what `audit-server` does with no flags and no `AUDIT_*`
+/// variables. Library users and tests get these whatever the process environment says.
+fn defaults() -> Config {
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Config::command().mut_args(|arg| arg.env(None));
+    let matches = command
+        .try_get_matches_from(["audit-server"])
+        .expect("the defaults parse");
+    Config::from_arg_matches(&matches).expect("the defaults parse")
 }
 
 /// Parses a socket address, or `none` for no listener.
@@ -296,6 +307,26 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn defaults_ignore_the_environment() {
+        const NAME: &str = "config::tests::defaults_ignore_the_environment";
+        if std::env::var_os("AUDIT_MAX_BATCH_ENTRIES").is_some() {
+            // In the child below: a bad variable would make the command line fail.
+            assert!(Config::try_parse_from(["audit-server"]).is_err());
+            assert_eq!(Limits::default().max_batch_entries, 1000);
+            assert_eq!(ConnectionLimits::default().max_connections, 1024);
+            return;
+        }
+        // This test again, in a process of its own with the variable set.
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture"])
+            .env("AUDIT_MAX_BATCH_ENTRIES", "not a number")
+            .env("AUDIT_MAX_CONNECTIONS", "3")
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     #[test]

@@ -312,7 +312,19 @@ async fn the_cli_speaks_mutual_tls() {
         "{}",
         String::from_utf8_lossy(&recorded.stderr)
     );
-    let queried = audit(&["query", "--json"]);
+    // The same settings from the environment, beside the server's own AUDIT_TLS_* variables
+    // (which the CLI must not read: they name the server's certificate, not the client's).
+    let queried = std::process::Command::new(audit_tests::binary("audit"))
+        .args(["query", "--json"])
+        .env("AUDIT_SERVER", &tls_args[1])
+        .env("AUDIT_CLI_TLS_CA", path("ca.pem"))
+        .env("AUDIT_CLI_TLS_CERT", path("cli.pem"))
+        .env("AUDIT_CLI_TLS_KEY", path("cli.key"))
+        .env("AUDIT_CLI_TLS_DOMAIN", "localhost")
+        .env("AUDIT_TLS_CERT", path("server.pem"))
+        .env("AUDIT_TLS_KEY", path("server.key"))
+        .output()
+        .expect("run audit");
     assert!(
         queried.status.success(),
         "{}",

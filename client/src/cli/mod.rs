@@ -45,18 +45,19 @@ pub struct Cli {
     command: Command,
 }
 
-/// TLS settings for `https://` servers.
+/// TLS settings for `https://` servers. Their variables are `AUDIT_CLI_TLS_*`, not the
+/// server's `AUDIT_TLS_*`, so that both can be set on one host.
 #[derive(Debug, clap::Args)]
 struct TlsArgs {
     /// CA certificate (PEM) that signs the server's certificate; the system's roots are not
     /// used.
-    #[arg(long, global = true, env = "AUDIT_TLS_CA", value_name = "PEM")]
+    #[arg(long, global = true, env = "AUDIT_CLI_TLS_CA", value_name = "PEM")]
     tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS; its one URI SAN is the SPIFFE ID the server sees.
     #[arg(
         long,
         global = true,
-        env = "AUDIT_TLS_CERT",
+        env = "AUDIT_CLI_TLS_CERT",
         value_name = "PEM",
         requires = "tls_key"
     )]
@@ -65,13 +66,13 @@ struct TlsArgs {
     #[arg(
         long,
         global = true,
-        env = "AUDIT_TLS_KEY",
+        env = "AUDIT_CLI_TLS_KEY",
         value_name = "PEM",
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
     /// Name to expect in the server's certificate, when it differs from the URI's host.
-    #[arg(long, global = true, env = "AUDIT_TLS_DOMAIN", value_name = "NAME")]
+    #[arg(long, global = true, env = "AUDIT_CLI_TLS_DOMAIN", value_name = "NAME")]
     tls_domain: Option<String>,
 }
 

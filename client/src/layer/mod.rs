@@ -214,7 +214,7 @@ where
         };
         let peer = Peer::from_extensions(&parts.extensions).unwrap_or_else(|error| {
             tracing::debug!(%error, "caller's client certificate has no valid SPIFFE ID");
-            Peer::Unknown
+            Peer::without_certificate(&parts.extensions)
         });
         let caller = pb::Caller {
             peer: peer.to_caller_peer(),
