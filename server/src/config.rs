@@ -51,6 +51,11 @@ pub struct Config {
     #[arg(long, env = "AUDIT_LOG", default_value = "info")]
     pub log: String,
 
+    /// Format of the server's own log on stderr: `text`, or `json` (one object per line) for log
+    /// collectors. The audit trail never goes there.
+    #[arg(long, env = "AUDIT_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
     /// Signed checkpoints.
     #[command(flatten)]
     pub checkpoints: CheckpointConfig,
@@ -62,6 +67,15 @@ pub struct Config {
     /// Validation and resource limits.
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// Format of the server's own log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// How the server signs checkpoints of its log.
