@@ -5,8 +5,9 @@
 //! languages read what this module writes, and this module reads what they write (including the
 //! original `snake_case` field names). Unknown fields are refused, so typos do not pass silently.
 //!
-//! Output is safe to print: besides the C0 controls JSON already escapes, DEL, C1 controls, the
-//! Unicode line and paragraph separators and the bidi controls are written as `\uXXXX` escapes.
+//! Output is safe to print: besides the C0 controls JSON already escapes, every other
+//! [unsafe character](crate::render::is_unsafe_char) (DEL, C1 controls, line separators, bidi
+//! controls, invisible characters) is written as a `\uXXXX` escape.
 
 use std::sync::LazyLock;
 
@@ -111,8 +112,8 @@ pub enum JsonEntries {
     Batch(Vec<pb::AuditEntry>),
 }
 
-/// Escapes the [unsafe characters](is_unsafe_char) serde_json leaves as they are (DEL, C1, line
-/// separators, bidi controls; it escapes C0 itself). They can only occur inside JSON strings,
+/// Escapes the [unsafe characters](is_unsafe_char) serde_json leaves as they are (all but C0,
+/// which it escapes itself). They can only occur inside JSON strings,
 /// where `\uXXXX` is equivalent, so the document keeps its meaning.
 fn escape_json_text(text: String) -> String {
     if !text.chars().any(is_unsafe_char) {
@@ -121,7 +122,10 @@ fn escape_json_text(text: String) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         if is_unsafe_char(c) {
-            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            // Above U+FFFF (tag characters, variation selectors) JSON takes a surrogate pair.
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
         } else {
             out.push(c);
         }
@@ -207,6 +211,25 @@ mod tests {
         assert!(err.to_string().contains("entry [1]"), "{err}");
         assert!(entries_from_json("[]").is_err());
         assert!(entries_from_json("42").is_err());
+    }
+
+    #[test]
+    fn invisible_characters_are_escaped_and_read_back() {
+        let hidden = "a\u{200b}b\u{feff}c\u{ad}d\u{3164}e\u{e0041}f\u{a0}g";
+        let entry = EntryBuilder::new(hidden, "/p.S/M").build();
+        let text = to_json(&entry).unwrap();
+        assert!(text.is_ascii(), "{text}");
+        assert!(text.contains(r"\udb40\udc41"), "a surrogate pair: {text}");
+        let back: pb::AuditEntry = from_json(&text).unwrap();
+        assert_eq!(back, entry);
+    }
+
+    #[test]
+    fn non_finite_numbers_have_no_json_form() {
+        let entry = EntryBuilder::new("s", "/p.S/M")
+            .detail("amount", f64::NAN)
+            .build();
+        assert!(to_json(&entry).is_err());
     }
 
     #[test]

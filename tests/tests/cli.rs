@@ -642,3 +642,74 @@ async fn tail_resumes_across_a_server_restart_without_gap_or_duplicate() {
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// Puts NaN into the details of stored entry `sequence` of a stopped server, as a server that
+/// accepted non-finite numbers would have stored it.
+fn store_nan_details(data_dir: &std::path::Path, sequence: i64) {
+    use prost::Message as _;
+    let db = rusqlite::Connection::open(data_dir.join("audit.db")).expect("open audit.db");
+    let blob: Vec<u8> = db
+        .query_row(
+            "SELECT entry FROM entries WHERE sequence = ?",
+            [sequence],
+            |row| row.get(0),
+        )
+        .expect("stored entry");
+    let mut stored = pb::AuditEntry::decode(blob.as_slice()).expect("decode");
+    stored.details = Some(prost_types::Struct {
+        fields: [(
+            "amount".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    db.execute(
+        "UPDATE entries SET entry = ? WHERE sequence = ?",
+        rusqlite::params![stored.encode_to_vec(), sequence],
+    )
+    .expect("rewrite entry");
+}
+
+#[tokio::test]
+async fn json_export_goes_on_past_an_entry_it_cannot_write() {
+    let mut server = seeded_server().await;
+    let temp = server.keep_data_dir();
+    let data_dir = server.data_dir.clone();
+    assert!(server.stop().await.success());
+    store_nan_details(&data_dir, 2);
+    let server = TestServer::start_in(&data_dir, &[]).await;
+
+    let output = audit(&server.uri(), &["query", "--json"], None).await;
+    let sequences: Vec<String> = stdout(&output)
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            value["sequence"].as_str().expect("sequence").to_string()
+        })
+        .collect();
+    assert_eq!(sequences, ["1", "3", "4"], "every other entry is exported");
+    assert!(
+        stderr(&output).contains("skipped entry #2"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!output.status.success(), "the export says it is incomplete");
+
+    let tail = audit(
+        &server.uri(),
+        &["tail", "--from-sequence", "1", "--count", "3", "--json"],
+        None,
+    )
+    .await;
+    assert!(tail.status.success(), "{}", stderr(&tail));
+    assert_eq!(stdout(&tail).lines().count(), 3);
+    assert!(
+        stderr(&tail).contains("skipped entry #2"),
+        "{}",
+        stderr(&tail)
+    );
+    drop(temp);
+}

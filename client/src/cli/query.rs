@@ -58,11 +58,19 @@ impl QueryArgs {
 pub async fn run(client: Client, args: QueryArgs, color: bool) -> anyhow::Result<ExitCode> {
     let mut entries = client.query(args.filter.to_filter(), args.options());
     let mut printer = EntryPrinter::new(args.json, color);
+    let mut skipped: u64 = 0;
     while let Some(entry) = entries.next().await {
         let entry = entry.context("query failed")?;
-        if printer.print(&entry)? == Printed::Closed {
-            break;
+        match printer.print(&entry)? {
+            Printed::Ok => {}
+            Printed::Skipped => skipped += 1,
+            Printed::Closed => break,
         }
+    }
+    if skipped > 0 {
+        // Every other entry was printed; the exit status says that the export is incomplete.
+        eprintln!("audit: {skipped} entries could not be printed (see above)");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -75,8 +75,10 @@ pub async fn run(client: Client, args: TailArgs, color: bool) -> anyhow::Result<
                 None => bail!("the subscription ended"),
             },
         };
-        if printer.print(&entry)? == Printed::Closed {
-            return Ok(ExitCode::SUCCESS);
+        match printer.print(&entry)? {
+            Printed::Ok => {}
+            Printed::Skipped => continue,
+            Printed::Closed => return Ok(ExitCode::SUCCESS),
         }
         printed += 1;
         if args.count.is_some_and(|count| printed >= count) {
