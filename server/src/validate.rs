@@ -765,4 +765,204 @@ mod tests {
             ]
         );
     }
+
+    /// Properties of the validator over arbitrary entries: it never panics, every violation is
+    /// under the entry's path with a reason, what it accepts is within the limits, and the
+    /// server's own entries always fit.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use prost_types::{ListValue, Struct, Value, value::Kind};
+
+        /// Short text of any characters, or text around the 1024-byte field limit.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "\\PC{0,12}",
+                1 => "[a-z/.]{1000,1100}",
+                1 => "\\PC{300,400}",
+            ]
+        }
+
+        fn method() -> impl Strategy<Value = String> {
+            prop_oneof!["/[a-z.]{1,8}/[A-Z][a-z]{0,8}", text()]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                any::<f64>().prop_map(Kind::NumberValue),
+                prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)]
+                    .prop_map(Kind::NumberValue),
+                "\\PC{0,8}".prop_map(Kind::StringValue),
+                any::<bool>().prop_map(Kind::BoolValue),
+                Just(Kind::NullValue(0)),
+            ]
+            .prop_map(|kind| Value { kind: Some(kind) });
+            leaf.prop_recursive(8, 64, 4, |inner| {
+                prop_oneof![
+                    prop::collection::btree_map("\\PC{0,6}", inner.clone(), 0..4).prop_map(
+                        |fields| Value {
+                            kind: Some(Kind::StructValue(Struct {
+                                fields: fields.into_iter().collect()
+                            })),
+                        }
+                    ),
+                    prop::collection::vec(inner, 0..4).prop_map(|values| Value {
+                        kind: Some(Kind::ListValue(ListValue { values })),
+                    }),
+                ]
+            })
+        }
+
+        /// Details: a random tree, or a chain nested around the depth limit.
+        fn details() -> impl Strategy<Value = Option<Struct>> {
+            prop_oneof![
+                Just(None),
+                prop::collection::btree_map("\\PC{0,6}", value(), 0..4).prop_map(|fields| Some(
+                    Struct {
+                        fields: fields.into_iter().collect()
+                    }
+                )),
+                (28usize..40).prop_map(|depth| {
+                    let mut inner = Struct::default();
+                    for _ in 1..depth {
+                        inner = Struct {
+                            fields: [(
+                                "k".to_string(),
+                                Value {
+                                    kind: Some(Kind::StructValue(inner)),
+                                },
+                            )]
+                            .into_iter()
+                            .collect(),
+                        };
+                    }
+                    Some(inner)
+                }),
+            ]
+        }
+
+        fn caller() -> impl Strategy<Value = Option<pb::Caller>> {
+            let peer = prop_oneof![
+                Just(None),
+                (text(), text(), text()).prop_map(|(address, spiffe_id, certificate_subject)| {
+                    Some(pb::caller::Peer::Network(pb::NetworkPeer {
+                        address,
+                        spiffe_id,
+                        certificate_subject,
+                    }))
+                }),
+                (any::<u32>(), text()).prop_map(|(uid, binary_path)| {
+                    Some(pb::caller::Peer::Unix(pb::UnixPeer {
+                        uid,
+                        binary_path,
+                        ..Default::default()
+                    }))
+                }),
+            ];
+            proptest::option::of((text(), text(), peer).prop_map(|(principal, role, peer)| {
+                pb::Caller {
+                    principal,
+                    role,
+                    peer,
+                    ..Default::default()
+                }
+            }))
+        }
+
+        prop_compose! {
+            fn any_entry()(
+                id in prop_oneof![Just(String::new()), "[0-9a-f-]{36}", text()],
+                request_id in text(),
+                source in text(),
+                method in method(),
+                (event, resource) in (text(), text()),
+                status_message in prop_oneof![text(), "[a-z]{4090,4100}"],
+                level in -1i32..8,
+                outcome in -1i32..5,
+                status_code in -2i32..20,
+                labels in prop::collection::btree_map(text(), text(), 0..3),
+                details in details(),
+                caller in caller(),
+            ) -> AuditEntry {
+                AuditEntry {
+                    id, request_id, source, method, event, resource, status_message, level,
+                    outcome, status_code, labels: labels.into_iter().collect(), details, caller,
+                    ..Default::default()
+                }
+            }
+        }
+
+        /// Whether every text field of `entry` is within `limits`.
+        fn within_limits(entry: &AuditEntry, limits: &Limits) -> bool {
+            let max = limits.max_field_bytes;
+            let mut texts = vec![
+                &entry.request_id,
+                &entry.source,
+                &entry.method,
+                &entry.event,
+                &entry.category,
+                &entry.resource,
+            ];
+            if let Some(caller) = &entry.caller {
+                texts.extend([&caller.principal, &caller.role]);
+                match &caller.peer {
+                    Some(pb::caller::Peer::Network(n)) => {
+                        texts.extend([&n.address, &n.spiffe_id, &n.certificate_subject]);
+                    }
+                    Some(pb::caller::Peer::Unix(u)) => texts.push(&u.binary_path),
+                    None => {}
+                }
+            }
+            texts.extend(entry.labels.keys());
+            texts.extend(entry.labels.values());
+            texts.iter().all(|t| t.len() <= max)
+                && entry.status_message.len() <= limits.max_status_message_bytes
+                && entry.labels.len() <= limits.max_labels
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            #[test]
+            fn validation_names_fields_or_accepts_within_limits(sent in any_entry()) {
+                let limits = Limits::default();
+                match entry(sent.clone(), "entries[7]", None, &context(), &limits) {
+                    Ok(new) => {
+                        prop_assert!(within_limits(&new.entry, &limits));
+                        prop_assert!(Uuid::parse_str(&new.entry.id).is_ok());
+                        prop_assert!(new.entry.encoded_len() <= limits.max_entry_bytes + 512);
+                    }
+                    Err(violations) => {
+                        prop_assert!(!violations.is_empty());
+                        for v in &violations {
+                            prop_assert!(v.field.starts_with("entries[7]"), "{v:?}");
+                            prop_assert!(!v.description.is_empty(), "{v:?}");
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn own_entries_always_fit(sent in any_entry(), max_field in 0usize..1100) {
+                let limits = Limits { max_field_bytes: max_field, ..Limits::default() };
+                let new = own_entry(sent, &context(), &limits);
+                prop_assert!(within_limits(&new.entry, &limits));
+            }
+
+            #[test]
+            fn cut_text_is_a_prefix_and_a_marker(text in "\\PC{0,300}", max in 0usize..300) {
+                let mut cut = text.clone();
+                fit(&mut cut, max);
+                prop_assert!(cut.len() <= max);
+                if text.len() <= max {
+                    prop_assert_eq!(&cut, &text);
+                } else if let Some((kept, marker)) = cut.split_once(TRUNCATED_MARKER) {
+                    prop_assert!(text.starts_with(kept));
+                    prop_assert_eq!(marker, format!("{} bytes]", text.len() - kept.len()));
+                } else {
+                    prop_assert!(text.starts_with(&cut));
+                }
+            }
+        }
+    }
 }
