@@ -575,3 +575,60 @@ async fn one_callers_flood_does_not_crowd_out_the_refusals_of_others() {
         "{flooded} refusals of the flooding caller recorded in {windows} windows"
     );
 }
+
+#[tokio::test]
+async fn refusals_of_a_process_with_a_long_executable_path_are_recorded_cut_to_the_limits() {
+    let dir = TempDir::new().unwrap();
+    // The CLI, copied to a path longer than the 1024-byte field limit.
+    let mut deep = dir.path().to_path_buf();
+    for _ in 0..6 {
+        deep.push("d".repeat(200));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let cli = deep.join("audit");
+    std::fs::copy(audit_tests::binary("audit"), &cli).unwrap();
+    assert!(cli.as_os_str().len() > 1200);
+
+    let socket = dir.path().join("audit.sock");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[grant]]\nto = [\"loopback\"]\nallow = [\"read\"]\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with_args(&[
+        "--unix-socket",
+        socket.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ])
+    .await;
+    let refused = tokio::process::Command::new(&cli)
+        .args(["--server", &format!("unix:{}", socket.display())])
+        .args([
+            "record",
+            "--source",
+            "app",
+            "--method",
+            "/a.B/C",
+            "--outcome",
+            "success",
+        ])
+        .output()
+        .await
+        .expect("run the copied CLI");
+    assert!(
+        !refused.status.success(),
+        "the policy grants the socket nothing"
+    );
+
+    let denied = query(&server.client().await, denied_filter()).await;
+    assert_eq!(denied.len(), 1, "the refusal is recorded");
+    let binary_path = match denied[0].caller.as_ref().and_then(|c| c.peer.clone()) {
+        Some(pb::caller::Peer::Unix(unix)) => unix.binary_path,
+        other => panic!("not a unix caller: {other:?}"),
+    };
+    assert!(binary_path.len() <= 1024, "{} bytes", binary_path.len());
+    let (kept, _) = binary_path.split_once("...[cut ").expect("a cut marker");
+    assert!(cli.to_str().unwrap().starts_with(kept), "{binary_path}");
+}
