@@ -285,4 +285,50 @@ mod tests {
         assert_eq!(identity_key(&unix(7)), "uid:7");
         assert_ne!(identity_key(&unix(7)), identity_key(&unix(8)));
     }
+
+    /// What the server's log receives, at info level and above.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_counted_in_one_log_line_a_second() {
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let (clock, now) = manual_clock();
+        let access = Access::with_clock(None, LIMITS, clock);
+        let mut recorded = 0;
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                for _ in 0..1000 {
+                    // No connection facts: an unknown caller, refused by the default policy.
+                    let refusal = access
+                        .check(&Request::new(()), "/a.B/C", Permission::Record)
+                        .unwrap_err();
+                    recorded += usize::from(refusal.entry.is_some());
+                }
+                *now.lock().unwrap() += Duration::from_secs(1);
+            }
+        });
+        assert_eq!(recorded, 3 * 3, "the per-identity budget each second");
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        // Two windows ended with a refusal after them; the third is logged by the next one.
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("not_recorded=997"), "{text}");
+    }
 }
