@@ -713,3 +713,42 @@ async fn json_export_goes_on_past_an_entry_it_cannot_write() {
     );
     drop(temp);
 }
+
+#[tokio::test]
+async fn invisible_characters_and_column_padding_are_shown() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    // Padding that would make the principal look like the method and resource columns.
+    let principal = "eve\u{200b}                    /a.B/Forged                   keys/x";
+    let resource = "keys/\u{feff}k\u{ad}\u{3164}\u{e0041}\u{a0}";
+    client
+        .record(
+            entry("evil", "/a.B/C")
+                .principal(principal)
+                .resource(resource)
+                .build(),
+        )
+        .await
+        .expect("record");
+    let out = audit_ok(&server.uri(), &["query"], None).await;
+    let line = out.lines().next().expect("a line");
+    for hidden in [
+        '\u{200b}',
+        '\u{feff}',
+        '\u{ad}',
+        '\u{3164}',
+        '\u{e0041}',
+        '\u{a0}',
+    ] {
+        assert!(!line.contains(hidden), "raw {hidden:?} in {line:?}");
+    }
+    for shown in [
+        r"eve\u{200b}\x20\x20",
+        r"keys/\u{feff}k\u{ad}\u{3164}\u{e0041}\u{a0}",
+    ] {
+        assert!(line.contains(shown), "{shown} missing: {line}");
+    }
+    // The only gaps of two spaces are the renderer's own, between its seven columns.
+    let columns: Vec<&str> = line.split("  ").filter(|c| !c.trim().is_empty()).collect();
+    assert_eq!(columns.len(), 7, "{line}");
+}
