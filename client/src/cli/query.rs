@@ -28,6 +28,8 @@ pub struct QueryArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     page_size: u32,
     /// Print each entry as one line of proto3 JSON instead of a readable line.
+    /// An entry with no JSON form (NaN stored by an older server) is reported on stderr and
+    /// skipped; the exit status is then 1.
     #[arg(long)]
     json: bool,
 }

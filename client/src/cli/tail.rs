@@ -36,6 +36,8 @@ pub struct TailArgs {
     #[arg(long, value_name = "N")]
     max_retries: Option<u32>,
     /// Print each entry as one line of proto3 JSON instead of a readable line.
+    /// An entry with no JSON form (NaN stored by an older server) is reported on stderr and
+    /// skipped.
     #[arg(long)]
     json: bool,
 }
