@@ -5,8 +5,9 @@
 //! languages read what this module writes, and this module reads what they write (including the
 //! original `snake_case` field names). Unknown fields are refused, so typos do not pass silently.
 //!
-//! Output is safe to print: besides the C0 controls JSON already escapes, DEL, C1 controls, the
-//! Unicode line and paragraph separators and the bidi controls are written as `\uXXXX` escapes.
+//! Output is safe to print: besides the C0 controls JSON already escapes, every other
+//! [unsafe character](crate::render::is_unsafe_char) (DEL, C1 controls, line separators, bidi
+//! controls, invisible characters) is written as a `\uXXXX` escape.
 
 use std::sync::LazyLock;
 
@@ -111,8 +112,8 @@ pub enum JsonEntries {
     Batch(Vec<pb::AuditEntry>),
 }
 
-/// Escapes the [unsafe characters](is_unsafe_char) serde_json leaves as they are (DEL, C1, line
-/// separators, bidi controls; it escapes C0 itself). They can only occur inside JSON strings,
+/// Escapes the [unsafe characters](is_unsafe_char) serde_json leaves as they are (all but C0,
+/// which it escapes itself). They can only occur inside JSON strings,
 /// where `\uXXXX` is equivalent, so the document keeps its meaning.
 fn escape_json_text(text: String) -> String {
     if !text.chars().any(is_unsafe_char) {
@@ -121,7 +122,10 @@ fn escape_json_text(text: String) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         if is_unsafe_char(c) {
-            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            // Above U+FFFF (tag characters, variation selectors) JSON takes a surrogate pair.
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
         } else {
             out.push(c);
         }
@@ -210,6 +214,36 @@ mod tests {
     }
 
     #[test]
+    fn invisible_characters_are_escaped_and_read_back() {
+        let hidden = "a\u{200b}b\u{feff}c\u{ad}d\u{3164}e\u{e0041}f\u{a0}g";
+        let entry = EntryBuilder::new(hidden, "/p.S/M").build();
+        let text = to_json(&entry).unwrap();
+        assert!(text.is_ascii(), "{text}");
+        assert!(text.contains(r"\udb40\udc41"), "a surrogate pair: {text}");
+        let back: pb::AuditEntry = from_json(&text).unwrap();
+        assert_eq!(back, entry);
+    }
+
+    #[test]
+    fn numbers_in_details_read_back_exactly() {
+        // Found by `entries_round_trip`: without serde_json's `float_roundtrip` this reads back
+        // as ...025e-251, one unit in the last place off.
+        for n in [-1.5204315171749023e-251, 0.1, 1e308, 5e-324, -0.0] {
+            let entry = EntryBuilder::new("s", "/p.S/M").detail("n", n).build();
+            let back: pb::AuditEntry = from_json(&to_json(&entry).unwrap()).unwrap();
+            assert_eq!(back, entry, "{n:e}");
+        }
+    }
+
+    #[test]
+    fn non_finite_numbers_have_no_json_form() {
+        let entry = EntryBuilder::new("s", "/p.S/M")
+            .detail("amount", f64::NAN)
+            .build();
+        assert!(to_json(&entry).is_err());
+    }
+
+    #[test]
     fn output_escapes_dangerous_characters() {
         let entry =
             EntryBuilder::new("s\u{2028}x\u{9b}y\u{202e}z\u{7f}", "/p.S/M\n\u{1b}[2J").build();
@@ -220,5 +254,64 @@ mod tests {
         assert!(text.contains(r"\u2028"), "{text}");
         let back: pb::AuditEntry = from_json(&text).unwrap();
         assert_eq!(back, entry);
+    }
+
+    /// The proto3 JSON input of `audit record` never panics on any text, and every entry with
+    /// a JSON form reads back as itself.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use prost_types::{Struct, Value, value::Kind};
+
+        fn json_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "\\PC{0,64}",
+                "[\\[\\]{}:,\" a-zA-Z0-9_.-]{0,64}",
+                r#"\{"(source|method|outcome|details|labels|time|latency|sequence|caller)":("[^"]{0,10}"|[0-9.e+-]{1,8}|\{\}|\[\]|null|true|NaN)\}"#,
+                r#"\[\{"source":"[a-z]{0,4}"\}(,\{"details":\{"k":[0-9e.+-]{1,6}\}\}){0,3}\]"#,
+            ]
+        }
+
+        prop_compose! {
+            fn finite_entry()(
+                source in "\\PC{0,12}",
+                method in "\\PC{0,12}",
+                outcome in 0i32..4,
+                status_code in 0i32..17,
+                sequence in any::<u64>(),
+                labels in prop::collection::btree_map("\\PC{0,6}", "\\PC{0,6}", 0..3),
+                numbers in prop::collection::btree_map("\\PC{0,6}", any::<f64>().prop_filter("finite", |n| n.is_finite()), 0..3),
+            ) -> pb::AuditEntry {
+                pb::AuditEntry {
+                    source, method, outcome, status_code, sequence,
+                    labels: labels.into_iter().collect(),
+                    details: (!numbers.is_empty()).then(|| Struct {
+                        fields: numbers
+                            .into_iter()
+                            .map(|(k, n)| (k, Value { kind: Some(Kind::NumberValue(n)) }))
+                            .collect(),
+                    }),
+                    ..Default::default()
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_text_is_read_or_refused(text in json_like()) {
+                let _ = entries_from_json(&text);
+                let _ = from_json::<pb::RecordBatchRequest>(&text);
+            }
+
+            #[test]
+            fn entries_round_trip(entry in finite_entry()) {
+                let text = to_json(&entry).unwrap();
+                prop_assert!(!text.chars().any(is_unsafe_char), "{text}");
+                let back: pb::AuditEntry = from_json(&text).unwrap();
+                prop_assert_eq!(back, entry);
+            }
+        }
     }
 }

@@ -5,8 +5,9 @@
 //! ```
 //!
 //! Columns: time (caller time, else receive time), sequence, outcome, status code, caller,
-//! method, resource. Empty fields show as `-`. Every field goes through [`escape`], so no entry
-//! can forge a line or send escape sequences to the terminal.
+//! method, resource. Empty fields show as `-`. Every field goes through [`escape_column`], so no
+//! entry can forge a line, send escape sequences to the terminal, hide text in invisible
+//! characters or pad itself to imitate other columns.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -16,18 +17,37 @@ use audit_proto::pb;
 
 use crate::code::code_name;
 
-/// Whether `c` must not reach a terminal as it is: C0 controls, DEL, C1 controls, the Unicode
-/// line and paragraph separators (U+2028, U+2029), and the bidi controls (U+061C, U+200E,
-/// U+200F, U+202A–U+202E, U+2066–U+2069) that can reorder what a line appears to say.
+/// Whether `c` must not reach a terminal as it is, because it controls the terminal, breaks
+/// the line, or shows nothing (so text can hide in it or pass for other text):
+///
+/// - the Unicode categories Cc (C0 and C1 controls, DEL), Cf (format characters: the bidi
+///   controls that can reorder what a line appears to say, zero-width spaces and joiners,
+///   U+FEFF, the soft hyphen U+00AD, tag characters U+E0001–U+E007F), Zl and Zp (U+2028,
+///   U+2029), Zs except the ASCII space (no-break, en, em and ideographic spaces), Co (private
+///   use), Cs and Cn (not assigned in the Unicode version of `unicode-properties`);
+/// - letters and marks that render as nothing: the Hangul fillers (U+115F, U+1160, U+3164,
+///   U+FFA0), the braille blank U+2800, the combining grapheme joiner U+034F, the Khmer
+///   inherent vowels U+17B4–U+17B5, and the variation selectors (U+180B–U+180F,
+///   U+FE00–U+FE0F, U+E0100–U+E01EF), which can carry hidden data after any character.
 pub fn is_unsafe_char(c: char) -> bool {
-    matches!(c,
-        '\u{0}'..='\u{1f}'
-        | '\u{7f}'..='\u{9f}'
-        | '\u{61c}'
-        | '\u{200e}' | '\u{200f}'
-        | '\u{2028}' | '\u{2029}'
-        | '\u{202a}'..='\u{202e}'
-        | '\u{2066}'..='\u{2069}')
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory as _};
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
+    matches!(
+        c.general_category(),
+        G::Control
+            | G::Format
+            | G::LineSeparator
+            | G::ParagraphSeparator
+            | G::SpaceSeparator
+            | G::PrivateUse
+            | G::Surrogate
+            | G::Unassigned
+    ) || matches!(c,
+        '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' | '\u{2800}' | '\u{34f}'
+        | '\u{17b4}' | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{fe00}'..='\u{fe0f}'
+        | '\u{e0100}'..='\u{e01ef}')
 }
 
 /// Whether [`escape`] rewrites `c`: the [unsafe characters](is_unsafe_char) and the backslash
@@ -37,7 +57,7 @@ pub(crate) fn needs_escape(c: char) -> bool {
 }
 
 /// Escapes every [unsafe character](is_unsafe_char) as a visible sequence (`\n`, `\r`, `\t`,
-/// `\0`, `\x1b`, `\u{85}`, `\u{2028}`) and a backslash as `\\`. Everything else is kept.
+/// `\0`, `\x1b`, `\u{85}`, `\u{200b}`) and a backslash as `\\`. Everything else is kept.
 pub fn escape(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
@@ -57,6 +77,28 @@ pub fn escape(text: &str) -> Cow<'_, str> {
                 let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
             }
             c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`escape`] for a value in a column of [`render_line`]: also writes as `\x20` every space
+/// that is not a single space between two other characters, so a value cannot pad itself to
+/// look like the gap between columns (two spaces) or like more columns.
+pub fn escape_column(text: &str) -> Cow<'_, str> {
+    let escaped = escape(text);
+    let bytes = escaped.as_bytes();
+    let lone =
+        |i: usize| i > 0 && i + 1 < bytes.len() && bytes[i - 1] != b' ' && bytes[i + 1] != b' ';
+    if !(0..bytes.len()).any(|i| bytes[i] == b' ' && !lone(i)) {
+        return escaped;
+    }
+    let mut out = String::with_capacity(escaped.len() + 8);
+    for (i, c) in escaped.char_indices() {
+        if c == ' ' && !lone(i) {
+            out.push_str("\\x20");
+        } else {
+            out.push(c);
         }
     }
     Cow::Owned(out)
@@ -96,7 +138,7 @@ pub fn render_line(entry: &pb::AuditEntry, color: bool) -> String {
         if !line.is_empty() {
             line.push_str("  ");
         }
-        let text = escape(if text.is_empty() { "-" } else { text });
+        let text = escape_column(if text.is_empty() { "-" } else { text });
         let pad = width.saturating_sub(text.chars().count());
         if color && !style.is_empty() {
             line.push_str(style);
@@ -213,8 +255,47 @@ mod tests {
     }
 
     #[test]
+    fn invisible_characters_are_shown() {
+        for (hidden, shown) in [
+            ("a\u{200b}b", r"a\u{200b}b"),
+            ("\u{feff}bom", r"\u{feff}bom"),
+            ("soft\u{ad}hyphen", r"soft\u{ad}hyphen"),
+            ("\u{3164}", r"\u{3164}"),
+            ("x\u{e0041}\u{e007f}", r"x\u{e0041}\u{e007f}"),
+            ("no\u{a0}break\u{3000}", r"no\u{a0}break\u{3000}"),
+            ("\u{2060}\u{200d}\u{2800}", r"\u{2060}\u{200d}\u{2800}"),
+            ("x\u{e0100}", r"x\u{e0100}"),
+            ("\u{e000}", r"\u{e000}"),
+        ] {
+            assert_eq!(escape(hidden), shown);
+        }
+        // Visible text in any script stays as it is.
+        for visible in ["ünïcode", "日本語", "Ελληνικά", "한국어", "emoji 🦀"] {
+            assert_eq!(escape(visible), visible);
+        }
+    }
+
+    #[test]
+    fn column_values_cannot_imitate_columns() {
+        assert_eq!(escape_column("alice smith"), "alice smith");
+        assert_eq!(escape_column("a  b"), r"a\x20\x20b");
+        assert_eq!(escape_column(" lead"), r"\x20lead");
+        assert_eq!(escape_column("trail "), r"trail\x20");
+        assert_eq!(escape_column(" "), r"\x20");
+        let mut entry = sample();
+        entry.caller.as_mut().unwrap().principal =
+            "eve                    /pkg.Svc/Other                keys/forged  ".into();
+        let line = render_line(&entry, false);
+        assert!(!line.contains("eve  "), "{line}");
+        assert_eq!(
+            line.matches("  ").count(),
+            render_line(&sample(), false).matches("  ").count()
+        );
+    }
+
+    #[test]
     fn escape_leaves_no_unsafe_character() {
-        let all: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+        let all: String = (0u32..0x11_0000).filter_map(char::from_u32).collect();
         let escaped = escape(&all);
         assert!(!escaped.chars().any(is_unsafe_char));
     }

@@ -185,4 +185,58 @@ mod tests {
             assert_eq!(SpiffeId::parse(text), Err(error), "{text}");
         }
     }
+
+    /// The SPIFFE ID parser never panics, accepts exactly what the rules allow, and keeps the
+    /// text it accepts.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The rules, written independently of [`SpiffeId::parse`].
+        fn follows_the_rules(text: &str) -> bool {
+            let Some(rest) = text.strip_prefix("spiffe://") else {
+                return false;
+            };
+            let mut parts = rest.split('/');
+            let domain = parts.next().unwrap_or("");
+            text.len() <= MAX_LENGTH
+                && !domain.is_empty()
+                && domain
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'))
+                && parts.all(|segment| {
+                    !segment.is_empty()
+                        && segment != "."
+                        && segment != ".."
+                        && segment
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                })
+        }
+
+        fn near_valid() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "spiffe://[a-z0-9._-]{1,12}(/[A-Za-z0-9._-]{0,6}){0,4}",
+                "spiffe://[a-zA-Z0-9.:@_-]{0,12}(/[A-Za-z0-9.?#%/_-]{0,6}){0,4}",
+                "(spiffe|SPIFFE|http)://\\PC{0,20}",
+                "\\PC{0,40}",
+                "spiffe://a/[a-z]{2030,2060}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn accepts_exactly_what_the_rules_allow(text in near_valid()) {
+                match SpiffeId::parse(&text) {
+                    Ok(id) => {
+                        prop_assert!(follows_the_rules(&text), "accepted {text:?}");
+                        prop_assert_eq!(id.as_str(), text.as_str());
+                    }
+                    Err(_) => prop_assert!(!follows_the_rules(&text), "refused {text:?}"),
+                }
+            }
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! Access control of each call: who the caller is (from its connection), whether the policy
 //! grants the permission the call needs, and the entry that records a refusal.
 
-use std::sync::Mutex;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use audit_identity::Peer;
 use audit_proto::pb::{self, AuditEntry, Level, Outcome};
@@ -13,8 +14,22 @@ use crate::policy::{self, Decision, Permission, Policy};
 /// The policy in force, and the budget for recording refusals.
 pub struct Access {
     policy: Option<Policy>,
-    denied_budget: Mutex<Budget>,
-    max_denied_per_second: u32,
+    budget: Mutex<DenialBudget>,
+    clock: Clock,
+}
+
+/// Where [`Access`] reads the time for its recording budget: [`Instant::now`] in the server, a
+/// hand-driven clock in tests.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// How many refused calls are recorded as DENIED entries, per one-second window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenialLimits {
+    /// Most refusals recorded per second, of all callers together.
+    pub per_second: u32,
+    /// Most refusals recorded per second of any one caller identity, so one caller's flood
+    /// leaves the rest of the budget to the others.
+    pub per_identity_per_second: u32,
 }
 
 /// A refused call: the status to answer, and the entry to record if the budget allows.
@@ -27,24 +42,76 @@ pub struct Refusal {
     pub entry: Option<AuditEntry>,
 }
 
-struct Budget {
-    second: Instant,
-    used: u32,
-    skipped: u64,
+/// Most caller identities whose refusals are counted in one window; refusals of further
+/// identities in that window are not recorded. Keeps the budget's memory bounded whatever the
+/// configured rate.
+const MAX_IDENTITIES_PER_WINDOW: usize = 4096;
+
+/// Refusals recorded and counted in the current one-second window.
+struct DenialBudget {
+    limits: DenialLimits,
+    window: Instant,
+    recorded: u32,
+    per_identity: HashMap<String, u32>,
+    /// Refusals in this window that were not recorded.
+    unrecorded: u64,
+}
+
+impl DenialBudget {
+    fn new(limits: DenialLimits, now: Instant) -> Self {
+        Self {
+            limits,
+            window: now,
+            recorded: 0,
+            per_identity: HashMap::new(),
+            unrecorded: 0,
+        }
+    }
+
+    /// Whether a refusal of `identity` at `now` may be recorded. A new window logs one line
+    /// counting what the last one recorded and skipped, instead of a line per refusal.
+    fn admit(&mut self, identity: &str, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            if self.unrecorded > 0 {
+                tracing::warn!(
+                    recorded = self.recorded,
+                    not_recorded = self.unrecorded,
+                    "refused calls over --max-denied-per-second or \
+                     --max-denied-per-identity-per-second were counted, not recorded"
+                );
+            }
+            *self = Self::new(self.limits, now);
+        }
+        let known = self.per_identity.len() < MAX_IDENTITIES_PER_WINDOW
+            || self.per_identity.contains_key(identity);
+        let used = self.per_identity.get(identity).copied().unwrap_or(0);
+        if known
+            && self.recorded < self.limits.per_second
+            && used < self.limits.per_identity_per_second
+        {
+            self.recorded += 1;
+            *self.per_identity.entry(identity.to_string()).or_default() += 1;
+            true
+        } else {
+            self.unrecorded += 1;
+            false
+        }
+    }
 }
 
 impl Access {
-    /// Access under `policy` (or the development default), recording at most
-    /// `max_denied_per_second` refusals per second.
-    pub fn new(policy: Option<Policy>, max_denied_per_second: u32) -> Self {
+    /// Access under `policy` (or the development default), recording refusals within `limits`.
+    pub fn new(policy: Option<Policy>, limits: DenialLimits) -> Self {
+        Self::with_clock(policy, limits, Arc::new(Instant::now))
+    }
+
+    /// [`Access::new`] with the budget's windows timed by `clock`.
+    pub fn with_clock(policy: Option<Policy>, limits: DenialLimits, clock: Clock) -> Self {
+        let now = clock();
         Self {
             policy,
-            denied_budget: Mutex::new(Budget {
-                second: Instant::now(),
-                used: 0,
-                skipped: 0,
-            }),
-            max_denied_per_second,
+            budget: Mutex::new(DenialBudget::new(limits, now)),
+            clock,
         }
     }
 
@@ -69,7 +136,9 @@ impl Access {
                 Decision::Denied(why) => (peer, Status::permission_denied(why)),
             },
         };
-        tracing::warn!(
+        // Recorded refusals are in the audit log and the rest are counted: a line each would
+        // let a flood of refused calls fill the server's log instead.
+        tracing::debug!(
             caller = %peer.describe(),
             method,
             permission = permission.name(),
@@ -77,7 +146,7 @@ impl Access {
             "call refused"
         );
         let entry = self
-            .within_budget()
+            .within_budget(&peer)
             .then(|| denied_entry(&peer, method, permission, &refusal));
         Err(Box::new(Refusal {
             peer,
@@ -86,29 +155,32 @@ impl Access {
         }))
     }
 
-    /// Whether another refusal may be recorded this second.
-    fn within_budget(&self) -> bool {
-        let mut budget = self.denied_budget.lock().expect("budget lock");
-        if budget.second.elapsed().as_secs() >= 1 {
-            if budget.skipped > 0 {
-                tracing::warn!(
-                    skipped = budget.skipped,
-                    "refused calls not recorded: over --max-denied-per-second"
-                );
-            }
-            *budget = Budget {
-                second: Instant::now(),
-                used: 0,
-                skipped: 0,
-            };
-        }
-        if budget.used < self.max_denied_per_second {
-            budget.used += 1;
-            true
-        } else {
-            budget.skipped += 1;
-            false
-        }
+    /// Whether another refusal of `peer` may be recorded in this window.
+    fn within_budget(&self, peer: &Peer) -> bool {
+        let now = (self.clock)();
+        let identity = identity_key(peer);
+        self.budget
+            .lock()
+            .expect("budget lock")
+            .admit(&identity, now)
+    }
+}
+
+/// Whom the per-identity budget counts a refusal against: the SPIFFE ID or certificate subject
+/// of a TLS client, the uid of a Unix peer, else the IP address (not the port, which a caller
+/// changes with every connection).
+fn identity_key(peer: &Peer) -> String {
+    match peer {
+        Peer::Unix(unix) => format!("uid:{}", unix.uid),
+        Peer::Tls {
+            certificate: Some(certificate),
+            ..
+        } => format!("spiffe:{}", certificate.spiffe_id.as_str()),
+        Peer::Tls { address, .. } | Peer::Tcp { address } => match address {
+            Some(address) => format!("ip:{}", address.ip()),
+            None => "address unknown".to_string(),
+        },
+        Peer::Unknown => "unknown".to_string(),
     }
 }
 
@@ -134,5 +206,129 @@ fn denied_entry(peer: &Peer, method: &str, permission: Permission, status: &Stat
         }),
         labels,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    /// A clock the test moves by hand.
+    fn manual_clock() -> (Clock, Arc<Mutex<Instant>>) {
+        let now = Arc::new(Mutex::new(Instant::now()));
+        let read = now.clone();
+        (Arc::new(move || *read.lock().unwrap()), now)
+    }
+
+    fn tcp(address: &str) -> Peer {
+        Peer::Tcp {
+            address: Some(address.parse::<SocketAddr>().unwrap()),
+        }
+    }
+
+    /// Refusals of `peer` (plaintext from afar, which the default policy refuses), counting
+    /// those that would be recorded.
+    fn recorded(access: &Access, peer: &Peer, calls: usize) -> usize {
+        (0..calls).filter(|_| access.within_budget(peer)).count()
+    }
+
+    const LIMITS: DenialLimits = DenialLimits {
+        per_second: 10,
+        per_identity_per_second: 3,
+    };
+
+    #[test]
+    fn a_flooding_identity_leaves_the_budget_to_the_others() {
+        let (clock, _) = manual_clock();
+        let access = Access::with_clock(None, LIMITS, clock);
+        assert_eq!(recorded(&access, &tcp("192.0.2.1:1000"), 1000), 3);
+        // A new port is the same caller.
+        assert_eq!(recorded(&access, &tcp("192.0.2.1:1001"), 5), 0);
+        for other in ["192.0.2.2:1", "192.0.2.3:1"] {
+            assert_eq!(recorded(&access, &tcp(other), 1), 1);
+        }
+    }
+
+    #[test]
+    fn the_total_stays_within_the_budget_and_windows_renew_it() {
+        let (clock, now) = manual_clock();
+        let access = Access::with_clock(None, LIMITS, clock);
+        let total: usize = (0..20)
+            .map(|i| recorded(&access, &tcp(&format!("192.0.2.{i}:1")), 5))
+            .sum();
+        assert_eq!(total, 10);
+        *now.lock().unwrap() += Duration::from_millis(999);
+        assert_eq!(recorded(&access, &tcp("198.51.100.1:1"), 1), 0);
+        *now.lock().unwrap() += Duration::from_millis(1);
+        assert_eq!(recorded(&access, &tcp("192.0.2.1:1"), 5), 3);
+    }
+
+    #[test]
+    fn identities_are_callers_not_connections() {
+        assert_eq!(
+            identity_key(&tcp("10.0.0.1:5")),
+            identity_key(&tcp("10.0.0.1:6"))
+        );
+        assert_ne!(
+            identity_key(&tcp("10.0.0.1:5")),
+            identity_key(&tcp("10.0.0.2:5"))
+        );
+        let unix = |uid| {
+            Peer::Unix(audit_identity::UnixPeerInfo {
+                uid,
+                gid: 0,
+                pid: Some(1),
+                binary_path: None,
+            })
+        };
+        assert_eq!(identity_key(&unix(7)), "uid:7");
+        assert_ne!(identity_key(&unix(7)), identity_key(&unix(8)));
+    }
+
+    /// What the server's log receives, at info level and above.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_counted_in_one_log_line_a_second() {
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let (clock, now) = manual_clock();
+        let access = Access::with_clock(None, LIMITS, clock);
+        let mut recorded = 0;
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                for _ in 0..1000 {
+                    // No connection facts: an unknown caller, refused by the default policy.
+                    let refusal = access
+                        .check(&Request::new(()), "/a.B/C", Permission::Record)
+                        .unwrap_err();
+                    recorded += usize::from(refusal.entry.is_some());
+                }
+                *now.lock().unwrap() += Duration::from_secs(1);
+            }
+        });
+        assert_eq!(recorded, 3 * 3, "the per-identity budget each second");
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        // Two windows ended with a refusal after them; the third is logged by the next one.
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("not_recorded=997"), "{text}");
     }
 }

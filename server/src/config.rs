@@ -37,9 +37,18 @@ pub struct Config {
     pub policy: Option<PathBuf>,
 
     /// Most refused calls recorded as denied entries per second; further refusals are only
-    /// counted and logged, so that a flood of refused calls cannot fill the disk.
+    /// counted (one log line a second), so that a flood of refused calls cannot fill the disk.
     #[arg(long, env = "AUDIT_MAX_DENIED_PER_SECOND", default_value_t = 100)]
     pub max_denied_per_second: u32,
+
+    /// Most refused calls of one caller (SPIFFE ID, uid, or IP address) recorded per second, so
+    /// that one caller's flood cannot crowd out the refusals of others.
+    #[arg(
+        long,
+        env = "AUDIT_MAX_DENIED_PER_IDENTITY_PER_SECOND",
+        default_value_t = 10
+    )]
+    pub max_denied_per_identity_per_second: u32,
 
     /// Directory holding the embedded SQLite database (`audit.db`); created with mode 0700 if
     /// missing. Only one server may use a data directory at a time.

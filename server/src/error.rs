@@ -68,27 +68,78 @@ impl From<rusqlite::Error> for Error {
 fn describe_violations(violations: &[Violation]) -> String {
     match violations {
         [] => "invalid request".to_string(),
-        [only] => format!("{}: {}", only.field, only.description),
+        [only] => format!(
+            "{}: {}",
+            cut(&only.field, MAX_REPORTED_FIELD_BYTES),
+            cut(&only.description, MAX_REPORTED_DESCRIPTION_BYTES)
+        ),
         [first, rest @ ..] => format!(
             "{}: {} (and {} more invalid field{})",
-            first.field,
-            first.description,
+            cut(&first.field, MAX_REPORTED_FIELD_BYTES),
+            cut(&first.description, MAX_REPORTED_DESCRIPTION_BYTES),
             rest.len(),
             if rest.len() == 1 { "" } else { "s" }
         ),
     }
 }
 
+/// Most field violations listed in a `BadRequest`; the rest are counted in one more. Status
+/// details travel in a trailer, and gRPC's C core (Python, Ruby, C++ clients) turns a response
+/// whose metadata exceeds 8 KiB into `RESOURCE_EXHAUSTED`, which clients retry: ten violations
+/// of at most [`MAX_REPORTED_DESCRIPTION_BYTES`] stay well below that.
+pub const MAX_REPORTED_VIOLATIONS: usize = 10;
+
+/// Longest description of a violation sent to the client, in bytes (longer ones are cut).
+pub const MAX_REPORTED_DESCRIPTION_BYTES: usize = 160;
+
+/// Longest field path sent to the client, in bytes (longer ones are cut).
+const MAX_REPORTED_FIELD_BYTES: usize = 128;
+
+/// The `BadRequest` violations sent for `violations`: the first [`MAX_REPORTED_VIOLATIONS`],
+/// each cut to size, and, when there were more, one saying how many were left out.
+fn reported_violations(violations: &[Violation]) -> Vec<FieldViolation> {
+    let mut reported: Vec<_> = violations
+        .iter()
+        .take(MAX_REPORTED_VIOLATIONS)
+        .map(|v| {
+            FieldViolation::new(
+                cut(&v.field, MAX_REPORTED_FIELD_BYTES),
+                cut(&v.description, MAX_REPORTED_DESCRIPTION_BYTES),
+            )
+        })
+        .collect();
+    if let Some(first_unlisted) = violations.get(MAX_REPORTED_VIOLATIONS) {
+        // Name the request field the unlisted violations are under (`entries`), not one of them.
+        let field = first_unlisted.field.split(['[', '.']).next().unwrap_or("");
+        let unlisted = violations.len() - MAX_REPORTED_VIOLATIONS;
+        reported.push(FieldViolation::new(
+            cut(field, MAX_REPORTED_FIELD_BYTES),
+            format!(
+                "{unlisted} more invalid field{} not listed",
+                if unlisted == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    reported
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with `...` when it was cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
             Error::InvalidArgument(ref violations) => {
-                let details = ErrorDetails::with_bad_request(
-                    violations
-                        .iter()
-                        .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
-                        .collect::<Vec<_>>(),
-                );
+                let details = ErrorDetails::with_bad_request(reported_violations(violations));
                 Status::with_error_details(Code::InvalidArgument, error.to_string(), details)
             }
             Error::IdConflict { .. } => Status::already_exists(error.to_string()),
@@ -130,6 +181,30 @@ mod tests {
             .expect("BadRequest details");
         assert_eq!(bad_request.field_violations.len(), 2);
         assert_eq!(bad_request.field_violations[1].field, "entries[4].outcome");
+    }
+
+    #[test]
+    fn bad_request_details_stay_small_however_many_violations() {
+        let long = "\u{fffd}".repeat(1000);
+        let violations: Vec<_> = (0..1000)
+            .map(|i| Violation::new(format!("entries[{i}].request_id"), long.clone()))
+            .collect();
+        let status = Status::from(Error::InvalidArgument(violations));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let listed = status.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(listed.len(), MAX_REPORTED_VIOLATIONS + 1);
+        assert_eq!(listed[0].field, "entries[0].request_id");
+        assert!(listed[0].description.len() <= MAX_REPORTED_DESCRIPTION_BYTES);
+        assert_eq!(listed[10].field, "entries");
+        assert_eq!(listed[10].description, "990 more invalid fields not listed");
+        // What goes on the wire: well below the 8 KiB gRPC's C core accepts in metadata.
+        let mut headers = http::HeaderMap::new();
+        status.add_header(&mut headers).unwrap();
+        let metadata: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        assert!(metadata < 4096, "{metadata} bytes of metadata");
     }
 
     #[test]

@@ -54,7 +54,11 @@ impl AuditServer {
     /// is invalid, or the store cannot be written or another server holds it.
     pub fn open(config: Config) -> Result<Self, Error> {
         let policy = config.policy.as_deref().map(Policy::load).transpose()?;
-        let access = Arc::new(Access::new(policy, config.max_denied_per_second));
+        let denials = access::DenialLimits {
+            per_second: config.max_denied_per_second,
+            per_identity_per_second: config.max_denied_per_identity_per_second,
+        };
+        let access = Arc::new(Access::new(policy, denials));
         let limits = Arc::new(config.limits);
         let store = SqliteStore::open(
             &config.data_dir,

@@ -57,4 +57,69 @@ mod tests {
         assert_eq!(decode(&token, &Filter::default(), Order::Descending), None);
         assert_eq!(decode("garbage", &filter, Order::Descending), None);
     }
+
+    /// Page tokens round-trip, stay bound to their filter and order, and any other text is
+    /// refused without a panic.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn filter() -> impl Strategy<Value = Filter> {
+            (
+                "\\PC{0,12}",
+                "\\PC{0,12}",
+                prop::collection::btree_map("\\PC{0,4}", "\\PC{0,4}", 0..3),
+            )
+                .prop_map(|(source, method, labels)| Filter {
+                    source,
+                    method,
+                    labels: labels.into_iter().collect(),
+                    ..Default::default()
+                })
+        }
+
+        fn order() -> impl Strategy<Value = Order> {
+            prop_oneof![
+                Just(Order::Ascending),
+                Just(Order::Descending),
+                Just(Order::Unspecified)
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn tokens_round_trip(sequence in any::<u64>(), filter in filter(), order in order()) {
+                let token = encode(sequence, &filter, order);
+                prop_assert_eq!(decode(&token, &filter, order), Some(sequence));
+            }
+
+            #[test]
+            fn tokens_are_bound_to_their_query(
+                sequence in any::<u64>(),
+                filter in filter(),
+                other in filter(),
+                order in order(),
+            ) {
+                let token = encode(sequence, &filter, order);
+                if other != filter {
+                    prop_assert_eq!(decode(&token, &other, order), None);
+                }
+                let flipped = match order {
+                    Order::Descending => Order::Ascending,
+                    _ => Order::Descending,
+                };
+                prop_assert_eq!(decode(&token, &filter, flipped), None);
+            }
+
+            #[test]
+            fn other_text_is_refused(token in prop_oneof!["\\PC{0,64}", "[A-Za-z0-9_-]{0,80}"]) {
+                let decoded = decode(&token, &Filter::default(), Order::Ascending);
+                if let Some(sequence) = decoded {
+                    prop_assert_eq!(encode(sequence, &Filter::default(), Order::Ascending), token);
+                }
+            }
+        }
+    }
 }

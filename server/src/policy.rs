@@ -404,4 +404,71 @@ allow = ["admin"]
             Decision::Unauthenticated(_)
         ));
     }
+
+    /// The policy parser never panics; a bad identity is refused naming its grant and text,
+    /// and whatever parses decides without a panic.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn identity() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "spiffe://[a-z.]{1,8}(/[a-z*]{1,5}){0,3}",
+                "(uid|gid):[0-9]{1,6}",
+                Just("authenticated".to_string()),
+                Just("loopback".to_string()),
+                Just("anyone".to_string()),
+                "[a-z:/*0-9]{0,16}",
+                "\\PC{0,16}",
+            ]
+        }
+
+        fn permission() -> impl Strategy<Value = &'static str> {
+            prop_oneof![Just("record"), Just("read"), Just("admin"), Just("write")]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,200}", yaml in any::<bool>()) {
+                let _ = Policy::parse(&text, yaml);
+            }
+
+            #[test]
+            fn grants_parse_or_name_the_bad_identity(
+                to in prop::collection::vec(identity(), 1..4),
+                allow in prop::collection::vec(permission(), 0..3),
+                uid in any::<u32>(),
+            ) {
+                let quote = |items: Vec<String>| {
+                    items
+                        .iter()
+                        .map(|t| toml::Value::String(t.clone()).to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let allow: Vec<String> = allow.iter().map(|p| p.to_string()).collect();
+                let text = format!(
+                    "[[grant]]\nto = [{}]\nallow = [{}]\n",
+                    quote(to.clone()),
+                    quote(allow.clone())
+                );
+                match Policy::parse(&text, false) {
+                    Ok(policy) => {
+                        for permission in [Permission::Record, Permission::Read, Permission::Admin] {
+                            let _ = decide(Some(&policy), &unix(uid, uid), permission);
+                            let _ = decide(Some(&policy), &tcp("192.0.2.1:1"), permission);
+                        }
+                    }
+                    Err(why) => {
+                        let names_identity = why.starts_with("grant 0: `")
+                            && to.iter().any(|t| why.contains(t.as_str()));
+                        let bad_permission = allow.iter().any(|p| p == "write");
+                        prop_assert!(names_identity || bad_permission, "{why}");
+                    }
+                }
+            }
+        }
+    }
 }

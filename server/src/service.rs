@@ -68,15 +68,11 @@ impl<S: Store + Clone> AuditService<S> {
             Err(refusal) => refusal,
         };
         if let Some(entry) = refusal.entry {
+            // The server's own entry: cut to the limits rather than refused by them.
             let context = Self::context(&refusal.peer);
-            let recorded = match validate::entry(entry, "entry", None, &context, &self.limits) {
-                Ok(mut new) => {
-                    new.entry.request_id = Uuid::now_v7().hyphenated().to_string();
-                    self.store.append(vec![new]).await.map(drop)
-                }
-                Err(violations) => Err(Error::InvalidArgument(violations)),
-            };
-            if let Err(error) = recorded {
+            let mut new = validate::own_entry(entry, &context, &self.limits);
+            new.entry.request_id = Uuid::now_v7().hyphenated().to_string();
+            if let Err(error) = self.store.append(vec![new]).await {
                 tracing::error!(%error, "could not record a refused call");
             }
         }
@@ -170,7 +166,10 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
                     .find(|id| !id.is_empty())
             })
             .map(str::to_string);
-        let generated = Uuid::now_v7().hyphenated().to_string();
+        // Every entry of the batch is stored with this one id (the validator refuses others).
+        let request_id = shared
+            .clone()
+            .unwrap_or_else(|| Uuid::now_v7().hyphenated().to_string());
 
         let mut violations = Vec::new();
         let mut entries = Vec::with_capacity(count);
@@ -186,7 +185,7 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
                         ));
                     }
                     if new.entry.request_id.is_empty() {
-                        new.entry.request_id.clone_from(&generated);
+                        new.entry.request_id.clone_from(&request_id);
                     }
                     entries.push(new);
                 }
@@ -197,11 +196,19 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
             return Err(Error::InvalidArgument(violations).into());
         }
         let receipts = self.store.append(entries).await?;
-        Ok(Response::new(RecordBatchResponse {
-            request_id: receipts
+        // Entries stored now carry the batch's id; a retried entry's receipt carries the id it was
+        // first stored with. The batch's id finds the new ones; only a batch of nothing but
+        // retries answers with the id they were stored under.
+        let request_id = if receipts.iter().any(|r| r.request_id == request_id) {
+            request_id
+        } else {
+            receipts
                 .first()
                 .map(|r| r.request_id.clone())
-                .unwrap_or_default(),
+                .unwrap_or(request_id)
+        };
+        Ok(Response::new(RecordBatchResponse {
+            request_id,
             ids: receipts.iter().map(|r| r.id.clone()).collect(),
             sequences: receipts.iter().map(|r| r.sequence).collect(),
             entry_hashes: receipts.iter().map(|r| r.entry_hash.to_vec()).collect(),

@@ -162,11 +162,89 @@ pub fn entry(
         }
     }
     v.labels("labels", &entry.labels);
+    if let Some(details) = &entry.details {
+        v.details("details", details, 1);
+    }
 
     if !v.violations.is_empty() {
         return Err(v.violations);
     }
+    Ok(finish(entry, id, path, context))
+}
 
+/// Normalises an entry the server writes itself (a refused call): never refused by the limits
+/// on what clients send. Text longer than the limits (a caller's 2 KiB SPIFFE ID, a long
+/// executable path) is cut to fit them and ends with a [marker](TRUNCATED_MARKER), so the entry
+/// is recorded and says that it was shortened.
+pub fn own_entry(mut entry: AuditEntry, context: &Context, limits: &Limits) -> NewEntry {
+    let field = limits.max_field_bytes;
+    for text in [
+        &mut entry.request_id,
+        &mut entry.source,
+        &mut entry.method,
+        &mut entry.event,
+        &mut entry.category,
+        &mut entry.resource,
+    ] {
+        fit(text, field);
+    }
+    fit(&mut entry.status_message, limits.max_status_message_bytes);
+    if let Some(caller) = &mut entry.caller {
+        for text in [
+            &mut caller.principal,
+            &mut caller.role,
+            &mut caller.session_id,
+            &mut caller.user_agent,
+        ] {
+            fit(text, field);
+        }
+        match &mut caller.peer {
+            Some(pb::caller::Peer::Unix(unix)) => fit(&mut unix.binary_path, field),
+            Some(pb::caller::Peer::Network(network)) => {
+                fit(&mut network.address, field);
+                fit(&mut network.spiffe_id, field);
+                fit(&mut network.certificate_subject, field);
+            }
+            None => {}
+        }
+    }
+    entry.labels = std::mem::take(&mut entry.labels)
+        .into_iter()
+        .take(limits.max_labels)
+        .map(|(mut key, mut value)| {
+            fit(&mut key, field);
+            fit(&mut value, field);
+            (key, value)
+        })
+        .collect();
+    finish(entry, None, "entry", context)
+}
+
+/// How text cut to fit a limit ends: `...[cut N bytes]`.
+pub const TRUNCATED_MARKER: &str = "...[cut ";
+
+/// Cuts `text` to at most `max` bytes, ending with `...[cut N bytes]` when there is room for it.
+fn fit(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    // The marker's length depends on the number it carries; the largest possible number (all
+    // of `text`) makes room for any smaller one.
+    let marker = format!("{TRUNCATED_MARKER}{} bytes]", text.len()).len();
+    if max <= marker {
+        let end = truncate(text, max).len();
+        text.truncate(end);
+        return;
+    }
+    let keep = truncate(text, max - marker).len();
+    let cut = text.len() - keep;
+    text.truncate(keep);
+    text.push_str(&format!("{TRUNCATED_MARKER}{cut} bytes]"));
+}
+
+/// Fills the server's fields of a valid entry: the id (`id`, else a fresh UUIDv7), receive time,
+/// time and level defaults, and the recorder.
+fn finish(mut entry: AuditEntry, id: Option<Uuid>, path: &str, context: &Context) -> NewEntry {
     // What the client sent, minus what the server owns, decides whether a retry is the same entry.
     let client_id = id.is_some();
     let id = id.unwrap_or_else(Uuid::now_v7);
@@ -187,12 +265,12 @@ pub fn entry(
     }
     entry.recorder = context.recorder.clone();
 
-    Ok(NewEntry {
+    NewEntry {
         entry,
         digest,
         path: path.to_string(),
         client_id,
-    })
+    }
 }
 
 /// Validates a filter of a Query or Subscribe request; `path` is `filter`.
@@ -360,6 +438,51 @@ impl Checker<'_> {
     }
 }
 
+/// Deepest nesting of `details` (a `Struct` in a `Struct` is two levels). The protobuf decoder
+/// refuses a request a few levels deeper; this names the field before JSON encoders choke.
+pub const MAX_DETAILS_DEPTH: usize = 32;
+
+impl Checker<'_> {
+    /// Checks a `details` struct at nesting `depth`: only finite numbers (JSON, and so every
+    /// proto3 JSON reader, has no NaN or Infinity), at most [`MAX_DETAILS_DEPTH`] levels.
+    fn details(&mut self, field: &str, details: &prost_types::Struct, depth: usize) {
+        if depth > MAX_DETAILS_DEPTH {
+            self.fail(
+                field,
+                format!("nested more than {MAX_DETAILS_DEPTH} levels deep"),
+            );
+            return;
+        }
+        for (key, value) in &details.fields {
+            self.value(&format!("{field}.{}", truncate(key, 64)), value, depth);
+        }
+    }
+
+    fn value(&mut self, field: &str, value: &prost_types::Value, depth: usize) {
+        use prost_types::value::Kind;
+        match &value.kind {
+            Some(Kind::NumberValue(number)) if !number.is_finite() => self.fail(
+                field,
+                format!("{number} is not a finite number (JSON has no NaN or Infinity)"),
+            ),
+            Some(Kind::StructValue(inner)) => self.details(field, inner, depth + 1),
+            Some(Kind::ListValue(list)) => {
+                if depth + 1 > MAX_DETAILS_DEPTH {
+                    self.fail(
+                        field,
+                        format!("nested more than {MAX_DETAILS_DEPTH} levels deep"),
+                    );
+                    return;
+                }
+                for (i, item) in list.values.iter().enumerate() {
+                    self.value(&format!("{field}[{i}]"), item, depth + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn truncate(text: &str, max: usize) -> &str {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
@@ -501,6 +624,110 @@ mod tests {
     }
 
     #[test]
+    fn details_must_hold_finite_numbers() {
+        use prost_types::{ListValue, Struct, Value, value::Kind};
+        let number = |n: f64| Value {
+            kind: Some(Kind::NumberValue(n)),
+        };
+        let mut bad = valid();
+        bad.details = Some(Struct {
+            fields: [
+                ("amount".to_string(), number(12.5)),
+                ("nan".to_string(), number(f64::NAN)),
+                (
+                    "list".to_string(),
+                    Value {
+                        kind: Some(Kind::ListValue(ListValue {
+                            values: vec![number(1.0), number(f64::NEG_INFINITY)],
+                        })),
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        });
+        let violations = entry(bad, "entry", None, &context(), &Limits::default()).unwrap_err();
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["entry.details.list[1]", "entry.details.nan"]);
+        assert!(
+            violations[1].description.contains("finite"),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn details_nest_at_most_32_levels() {
+        use prost_types::{Struct, Value, value::Kind};
+        let nested = |depth: usize| {
+            let mut details = Struct::default();
+            for _ in 1..depth {
+                details = Struct {
+                    fields: [(
+                        "k".to_string(),
+                        Value {
+                            kind: Some(Kind::StructValue(details)),
+                        },
+                    )]
+                    .into_iter()
+                    .collect(),
+                };
+            }
+            AuditEntry {
+                details: Some(details),
+                ..valid()
+            }
+        };
+        assert!(entry(nested(32), "entry", None, &context(), &Limits::default()).is_ok());
+        let violations =
+            entry(nested(33), "entry", None, &context(), &Limits::default()).unwrap_err();
+        assert_eq!(violations.len(), 1);
+        assert!(violations[0].field.starts_with("entry.details.k.k"));
+        assert_eq!(violations[0].description, "nested more than 32 levels deep");
+    }
+
+    #[test]
+    fn own_entries_are_cut_to_the_limits_not_refused() {
+        let limits = Limits::default();
+        let long = format!("spiffe://example.org/{}", "a".repeat(2000));
+        let mut own = valid();
+        own.status_message = "x".repeat(5000);
+        own.caller = Some(pb::Caller {
+            peer: Some(pb::caller::Peer::Network(pb::NetworkPeer {
+                address: "127.0.0.1:1".into(),
+                spiffe_id: long.clone(),
+                certificate_subject: "CN=é".repeat(400),
+            })),
+            ..Default::default()
+        });
+        assert!(entry(own.clone(), "entry", None, &context(), &limits).is_err());
+        let new = own_entry(own, &context(), &limits);
+        let Some(pb::caller::Peer::Network(network)) = new.entry.caller.unwrap().peer else {
+            panic!("network peer kept");
+        };
+        assert!(
+            (limits.max_field_bytes - 4..=limits.max_field_bytes)
+                .contains(&network.spiffe_id.len())
+        );
+        assert!(long.starts_with(network.spiffe_id.split(TRUNCATED_MARKER).next().unwrap()));
+        assert!(
+            network.spiffe_id.ends_with(" bytes]"),
+            "{}",
+            network.spiffe_id
+        );
+        assert!(network.certificate_subject.len() <= limits.max_field_bytes);
+        assert!(network.certificate_subject.contains(TRUNCATED_MARKER));
+        assert_eq!(network.address, "127.0.0.1:1");
+        assert!(new.entry.status_message.len() <= limits.max_status_message_bytes);
+        assert!(new.entry.status_message.ends_with("...[cut 923 bytes]"));
+        // Whatever the limits, the server's entry is kept.
+        let tiny = Limits {
+            max_field_bytes: 3,
+            ..Limits::default()
+        };
+        assert_eq!(own_entry(valid(), &context(), &tiny).entry.source, "bil");
+    }
+
+    #[test]
     fn full_methods() {
         assert!(is_full_method("/a.B/C"));
         assert!(!is_full_method("a.B/C"));
@@ -537,5 +764,205 @@ mod tests {
                 "filter.end_time"
             ]
         );
+    }
+
+    /// Properties of the validator over arbitrary entries: it never panics, every violation is
+    /// under the entry's path with a reason, what it accepts is within the limits, and the
+    /// server's own entries always fit.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use prost_types::{ListValue, Struct, Value, value::Kind};
+
+        /// Short text of any characters, or text around the 1024-byte field limit.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "\\PC{0,12}",
+                1 => "[a-z/.]{1000,1100}",
+                1 => "\\PC{300,400}",
+            ]
+        }
+
+        fn method() -> impl Strategy<Value = String> {
+            prop_oneof!["/[a-z.]{1,8}/[A-Z][a-z]{0,8}", text()]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                any::<f64>().prop_map(Kind::NumberValue),
+                prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)]
+                    .prop_map(Kind::NumberValue),
+                "\\PC{0,8}".prop_map(Kind::StringValue),
+                any::<bool>().prop_map(Kind::BoolValue),
+                Just(Kind::NullValue(0)),
+            ]
+            .prop_map(|kind| Value { kind: Some(kind) });
+            leaf.prop_recursive(8, 64, 4, |inner| {
+                prop_oneof![
+                    prop::collection::btree_map("\\PC{0,6}", inner.clone(), 0..4).prop_map(
+                        |fields| Value {
+                            kind: Some(Kind::StructValue(Struct {
+                                fields: fields.into_iter().collect()
+                            })),
+                        }
+                    ),
+                    prop::collection::vec(inner, 0..4).prop_map(|values| Value {
+                        kind: Some(Kind::ListValue(ListValue { values })),
+                    }),
+                ]
+            })
+        }
+
+        /// Details: a random tree, or a chain nested around the depth limit.
+        fn details() -> impl Strategy<Value = Option<Struct>> {
+            prop_oneof![
+                Just(None),
+                prop::collection::btree_map("\\PC{0,6}", value(), 0..4).prop_map(|fields| Some(
+                    Struct {
+                        fields: fields.into_iter().collect()
+                    }
+                )),
+                (28usize..40).prop_map(|depth| {
+                    let mut inner = Struct::default();
+                    for _ in 1..depth {
+                        inner = Struct {
+                            fields: [(
+                                "k".to_string(),
+                                Value {
+                                    kind: Some(Kind::StructValue(inner)),
+                                },
+                            )]
+                            .into_iter()
+                            .collect(),
+                        };
+                    }
+                    Some(inner)
+                }),
+            ]
+        }
+
+        fn caller() -> impl Strategy<Value = Option<pb::Caller>> {
+            let peer = prop_oneof![
+                Just(None),
+                (text(), text(), text()).prop_map(|(address, spiffe_id, certificate_subject)| {
+                    Some(pb::caller::Peer::Network(pb::NetworkPeer {
+                        address,
+                        spiffe_id,
+                        certificate_subject,
+                    }))
+                }),
+                (any::<u32>(), text()).prop_map(|(uid, binary_path)| {
+                    Some(pb::caller::Peer::Unix(pb::UnixPeer {
+                        uid,
+                        binary_path,
+                        ..Default::default()
+                    }))
+                }),
+            ];
+            proptest::option::of((text(), text(), peer).prop_map(|(principal, role, peer)| {
+                pb::Caller {
+                    principal,
+                    role,
+                    peer,
+                    ..Default::default()
+                }
+            }))
+        }
+
+        prop_compose! {
+            fn any_entry()(
+                id in prop_oneof![Just(String::new()), "[0-9a-f-]{36}", text()],
+                request_id in text(),
+                source in text(),
+                method in method(),
+                (event, resource) in (text(), text()),
+                status_message in prop_oneof![text(), "[a-z]{4090,4100}"],
+                level in -1i32..8,
+                outcome in -1i32..5,
+                status_code in -2i32..20,
+                labels in prop::collection::btree_map(text(), text(), 0..3),
+                details in details(),
+                caller in caller(),
+            ) -> AuditEntry {
+                AuditEntry {
+                    id, request_id, source, method, event, resource, status_message, level,
+                    outcome, status_code, labels: labels.into_iter().collect(), details, caller,
+                    ..Default::default()
+                }
+            }
+        }
+
+        /// Whether every text field of `entry` is within `limits`.
+        fn within_limits(entry: &AuditEntry, limits: &Limits) -> bool {
+            let max = limits.max_field_bytes;
+            let mut texts = vec![
+                &entry.request_id,
+                &entry.source,
+                &entry.method,
+                &entry.event,
+                &entry.category,
+                &entry.resource,
+            ];
+            if let Some(caller) = &entry.caller {
+                texts.extend([&caller.principal, &caller.role]);
+                match &caller.peer {
+                    Some(pb::caller::Peer::Network(n)) => {
+                        texts.extend([&n.address, &n.spiffe_id, &n.certificate_subject]);
+                    }
+                    Some(pb::caller::Peer::Unix(u)) => texts.push(&u.binary_path),
+                    None => {}
+                }
+            }
+            texts.extend(entry.labels.keys());
+            texts.extend(entry.labels.values());
+            texts.iter().all(|t| t.len() <= max)
+                && entry.status_message.len() <= limits.max_status_message_bytes
+                && entry.labels.len() <= limits.max_labels
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            #[test]
+            fn validation_names_fields_or_accepts_within_limits(sent in any_entry()) {
+                let limits = Limits::default();
+                match entry(sent.clone(), "entries[7]", None, &context(), &limits) {
+                    Ok(new) => {
+                        prop_assert!(within_limits(&new.entry, &limits));
+                        prop_assert!(Uuid::parse_str(&new.entry.id).is_ok());
+                        prop_assert!(new.entry.encoded_len() <= limits.max_entry_bytes + 512);
+                    }
+                    Err(violations) => {
+                        prop_assert!(!violations.is_empty());
+                        for v in &violations {
+                            prop_assert!(v.field.starts_with("entries[7]"), "{v:?}");
+                            prop_assert!(!v.description.is_empty(), "{v:?}");
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn own_entries_always_fit(sent in any_entry(), max_field in 0usize..1100) {
+                let limits = Limits { max_field_bytes: max_field, ..Limits::default() };
+                let new = own_entry(sent, &context(), &limits);
+                prop_assert!(within_limits(&new.entry, &limits));
+            }
+
+            #[test]
+            fn cut_text_is_a_prefix_and_a_marker(text in "\\PC{0,300}", max in 0usize..300) {
+                let mut cut = text.clone();
+                fit(&mut cut, max);
+                prop_assert!(cut.len() <= max);
+                if text.len() <= max {
+                    prop_assert_eq!(&cut, &text);
+                } else if let Some((kept, marker)) = cut.split_once(TRUNCATED_MARKER) {
+                    prop_assert!(text.starts_with(kept));
+                    prop_assert_eq!(marker, format!("{} bytes]", text.len() - kept.len()));
+                } else {
+                    prop_assert!(text.starts_with(&cut));
+                }
+            }
+        }
     }
 }

@@ -642,3 +642,113 @@ async fn tail_resumes_across_a_server_restart_without_gap_or_duplicate() {
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// Puts NaN into the details of stored entry `sequence` of a stopped server, as a server that
+/// accepted non-finite numbers would have stored it.
+fn store_nan_details(data_dir: &std::path::Path, sequence: i64) {
+    use prost::Message as _;
+    let db = rusqlite::Connection::open(data_dir.join("audit.db")).expect("open audit.db");
+    let blob: Vec<u8> = db
+        .query_row(
+            "SELECT entry FROM entries WHERE sequence = ?",
+            [sequence],
+            |row| row.get(0),
+        )
+        .expect("stored entry");
+    let mut stored = pb::AuditEntry::decode(blob.as_slice()).expect("decode");
+    stored.details = Some(prost_types::Struct {
+        fields: [(
+            "amount".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    db.execute(
+        "UPDATE entries SET entry = ? WHERE sequence = ?",
+        rusqlite::params![stored.encode_to_vec(), sequence],
+    )
+    .expect("rewrite entry");
+}
+
+#[tokio::test]
+async fn json_export_goes_on_past_an_entry_it_cannot_write() {
+    let mut server = seeded_server().await;
+    let temp = server.keep_data_dir();
+    let data_dir = server.data_dir.clone();
+    assert!(server.stop().await.success());
+    store_nan_details(&data_dir, 2);
+    let server = TestServer::start_in(&data_dir, &[]).await;
+
+    let output = audit(&server.uri(), &["query", "--json"], None).await;
+    let sequences: Vec<String> = stdout(&output)
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            value["sequence"].as_str().expect("sequence").to_string()
+        })
+        .collect();
+    assert_eq!(sequences, ["1", "3", "4"], "every other entry is exported");
+    assert!(
+        stderr(&output).contains("skipped entry #2"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!output.status.success(), "the export says it is incomplete");
+
+    let tail = audit(
+        &server.uri(),
+        &["tail", "--from-sequence", "1", "--count", "3", "--json"],
+        None,
+    )
+    .await;
+    assert!(tail.status.success(), "{}", stderr(&tail));
+    assert_eq!(stdout(&tail).lines().count(), 3);
+    assert!(
+        stderr(&tail).contains("skipped entry #2"),
+        "{}",
+        stderr(&tail)
+    );
+    drop(temp);
+}
+
+#[tokio::test]
+async fn invisible_characters_and_column_padding_are_shown() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    // Padding that would make the principal look like the method and resource columns.
+    let principal = "eve\u{200b}                    /a.B/Forged                   keys/x";
+    let resource = "keys/\u{feff}k\u{ad}\u{3164}\u{e0041}\u{a0}";
+    client
+        .record(
+            entry("evil", "/a.B/C")
+                .principal(principal)
+                .resource(resource)
+                .build(),
+        )
+        .await
+        .expect("record");
+    let out = audit_ok(&server.uri(), &["query"], None).await;
+    let line = out.lines().next().expect("a line");
+    for hidden in [
+        '\u{200b}',
+        '\u{feff}',
+        '\u{ad}',
+        '\u{3164}',
+        '\u{e0041}',
+        '\u{a0}',
+    ] {
+        assert!(!line.contains(hidden), "raw {hidden:?} in {line:?}");
+    }
+    for shown in [
+        r"eve\u{200b}\x20\x20",
+        r"keys/\u{feff}k\u{ad}\u{3164}\u{e0041}\u{a0}",
+    ] {
+        assert!(line.contains(shown), "{shown} missing: {line}");
+    }
+    // The only gaps of two spaces are the renderer's own, between its seven columns.
+    let columns: Vec<&str> = line.split("  ").filter(|c| !c.trim().is_empty()).collect();
+    assert_eq!(columns.len(), 7, "{line}");
+}

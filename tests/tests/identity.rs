@@ -483,6 +483,168 @@ async fn refusals_beyond_the_budget_are_not_recorded() {
     );
 }
 
+/// A policy granting `read` to `spiffe://test.example/siem` and nothing to anyone else.
+fn reader_only_policy(pki: &Pki) -> PathBuf {
+    let policy = pki.path("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[grant]]\nto = [\"spiffe://test.example/siem\"]\nallow = [\"read\"]\n",
+    )
+    .unwrap();
+    policy
+}
+
+fn network_peer(entry: &pb::AuditEntry) -> pb::NetworkPeer {
+    match entry.caller.as_ref().and_then(|c| c.peer.clone()) {
+        Some(pb::caller::Peer::Network(network)) => network,
+        other => panic!("not a network caller: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refusals_of_callers_with_long_identities_are_recorded_cut_to_the_limits() {
+    let pki = Pki::new();
+    let policy = reader_only_policy(&pki);
+    let server = start(&pki, true, &["--policy", policy.to_str().unwrap()]).await;
+    // Valid by the SPIFFE rules (up to 2048 bytes), longer than the 1024-byte field limit.
+    let long = format!("spiffe://test.example/{}", "w".repeat(2000));
+    let caller = pki.client(&server, Some(&[&long]), None).await.unwrap();
+    let error = caller
+        .record(entry("app", "/a.B/C").build())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(Code::PermissionDenied));
+
+    let reader = pki
+        .client(&server, Some(&["spiffe://test.example/siem"]), None)
+        .await
+        .unwrap();
+    let denied = query(&reader, denied_filter()).await;
+    assert_eq!(denied.len(), 1, "the refusal is recorded");
+    let spiffe_id = network_peer(&denied[0]).spiffe_id;
+    assert!(spiffe_id.len() <= 1024, "{} bytes", spiffe_id.len());
+    let (kept, marker) = spiffe_id.split_once("...[cut ").expect("a cut marker");
+    assert!(long.starts_with(kept) && kept.len() > 900, "{spiffe_id}");
+    assert_eq!(marker, format!("{} bytes]", long.len() - kept.len()));
+    assert_eq!(denied[0].method, "/audit.v1.AuditService/Record");
+}
+
+#[tokio::test]
+async fn one_callers_flood_does_not_crowd_out_the_refusals_of_others() {
+    let pki = Pki::new();
+    let policy = reader_only_policy(&pki);
+    let server = start(
+        &pki,
+        true,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--max-denied-per-second",
+            "20",
+            "--max-denied-per-identity-per-second",
+            "5",
+        ],
+    )
+    .await;
+    let flooder = pki
+        .client(&server, Some(&["spiffe://test.example/flood"]), None)
+        .await
+        .unwrap();
+    let other = pki
+        .client(&server, Some(&["spiffe://test.example/other"]), None)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let flood = (0..100).map(|_| flooder.record(entry("app", "/a.B/C").build()));
+    for result in futures::future::join_all(flood).await {
+        assert_eq!(result.unwrap_err().code(), Some(Code::PermissionDenied));
+    }
+    for _ in 0..3 {
+        let error = other.record(entry("app", "/a.B/C").build()).await;
+        assert_eq!(error.unwrap_err().code(), Some(Code::PermissionDenied));
+    }
+    let windows = started.elapsed().as_secs() + 1;
+
+    let reader = pki
+        .client(&server, Some(&["spiffe://test.example/siem"]), None)
+        .await
+        .unwrap();
+    let denied = query(&reader, denied_filter()).await;
+    let of = |id: &str| {
+        denied
+            .iter()
+            .filter(|e| network_peer(e).spiffe_id == id)
+            .count() as u64
+    };
+    assert_eq!(
+        of("spiffe://test.example/other"),
+        3,
+        "every refusal of the other caller"
+    );
+    let flooded = of("spiffe://test.example/flood");
+    assert!(
+        (5..=5 * windows).contains(&flooded),
+        "{flooded} refusals of the flooding caller recorded in {windows} windows"
+    );
+}
+
+#[tokio::test]
+async fn refusals_of_a_process_with_a_long_executable_path_are_recorded_cut_to_the_limits() {
+    let dir = TempDir::new().unwrap();
+    // The CLI, copied to a path longer than the 1024-byte field limit.
+    let mut deep = dir.path().to_path_buf();
+    for _ in 0..6 {
+        deep.push("d".repeat(200));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let cli = deep.join("audit");
+    std::fs::copy(audit_tests::binary("audit"), &cli).unwrap();
+    assert!(cli.as_os_str().len() > 1200);
+
+    let socket = dir.path().join("audit.sock");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[grant]]\nto = [\"loopback\"]\nallow = [\"read\"]\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with_args(&[
+        "--unix-socket",
+        socket.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ])
+    .await;
+    let refused = tokio::process::Command::new(&cli)
+        .args(["--server", &format!("unix:{}", socket.display())])
+        .args([
+            "record",
+            "--source",
+            "app",
+            "--method",
+            "/a.B/C",
+            "--outcome",
+            "success",
+        ])
+        .output()
+        .await
+        .expect("run the copied CLI");
+    assert!(
+        !refused.status.success(),
+        "the policy grants the socket nothing"
+    );
+
+    let denied = query(&server.client().await, denied_filter()).await;
+    assert_eq!(denied.len(), 1, "the refusal is recorded");
+    let binary_path = match denied[0].caller.as_ref().and_then(|c| c.peer.clone()) {
+        Some(pb::caller::Peer::Unix(unix)) => unix.binary_path,
+        other => panic!("not a unix caller: {other:?}"),
+    };
+    assert!(binary_path.len() <= 1024, "{} bytes", binary_path.len());
+    let (kept, _) = binary_path.split_once("...[cut ").expect("a cut marker");
+    assert!(cli.to_str().unwrap().starts_with(kept), "{binary_path}");
+}
+
 #[tokio::test]
 async fn health_and_reflection_follow_the_policy() {
     let pki = Pki::new();

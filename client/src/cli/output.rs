@@ -22,10 +22,22 @@ impl EntryPrinter {
     }
 
     /// Prints one entry. A closed stdout (`audit tail | head`) is [`Printed::Closed`], not an
-    /// error.
+    /// error. An entry that has no JSON form (a number JSON cannot hold, stored before the
+    /// server refused those) is reported on stderr and [`Printed::Skipped`], so one entry does
+    /// not end an export.
     pub fn print(&mut self, entry: &pb::AuditEntry) -> anyhow::Result<Printed> {
         let line = if self.json {
-            json::to_json(entry)?
+            match json::to_json(entry) {
+                Ok(line) => line,
+                Err(error) => {
+                    eprintln!(
+                        "audit: skipped entry #{} (id {}): cannot write it as JSON: {error}",
+                        entry.sequence,
+                        render::escape(&entry.id)
+                    );
+                    return Ok(Printed::Skipped);
+                }
+            }
         } else {
             render::render_line(entry, self.color)
         };
@@ -38,6 +50,8 @@ impl EntryPrinter {
 pub enum Printed {
     /// The line was written.
     Ok,
+    /// The entry could not be written and was reported on stderr; the output goes on.
+    Skipped,
     /// The reader went away; stop quietly.
     Closed,
 }

@@ -28,6 +28,8 @@ pub struct QueryArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     page_size: u32,
     /// Print each entry as one line of proto3 JSON instead of a readable line.
+    /// An entry with no JSON form (NaN stored by an older server) is reported on stderr and
+    /// skipped; the exit status is then 1.
     #[arg(long)]
     json: bool,
 }
@@ -58,11 +60,19 @@ impl QueryArgs {
 pub async fn run(client: Client, args: QueryArgs, color: bool) -> anyhow::Result<ExitCode> {
     let mut entries = client.query(args.filter.to_filter(), args.options());
     let mut printer = EntryPrinter::new(args.json, color);
+    let mut skipped: u64 = 0;
     while let Some(entry) = entries.next().await {
         let entry = entry.context("query failed")?;
-        if printer.print(&entry)? == Printed::Closed {
-            break;
+        match printer.print(&entry)? {
+            Printed::Ok => {}
+            Printed::Skipped => skipped += 1,
+            Printed::Closed => break,
         }
+    }
+    if skipped > 0 {
+        // Every other entry was printed; the exit status says that the export is incomplete.
+        eprintln!("audit: {skipped} entries could not be printed (see above)");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

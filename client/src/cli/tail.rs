@@ -36,6 +36,8 @@ pub struct TailArgs {
     #[arg(long, value_name = "N")]
     max_retries: Option<u32>,
     /// Print each entry as one line of proto3 JSON instead of a readable line.
+    /// An entry with no JSON form (NaN stored by an older server) is reported on stderr and
+    /// skipped.
     #[arg(long)]
     json: bool,
 }
@@ -75,8 +77,10 @@ pub async fn run(client: Client, args: TailArgs, color: bool) -> anyhow::Result<
                 None => bail!("the subscription ended"),
             },
         };
-        if printer.print(&entry)? == Printed::Closed {
-            return Ok(ExitCode::SUCCESS);
+        match printer.print(&entry)? {
+            Printed::Ok => {}
+            Printed::Skipped => continue,
+            Printed::Closed => return Ok(ExitCode::SUCCESS),
         }
         printed += 1;
         if args.count.is_some_and(|count| printed >= count) {
