@@ -1,0 +1,106 @@
+//! The retry digest: what the server stores beside each entry (the `digest` column) to decide
+//! whether a retried client-chosen id carries the same entry.
+//!
+//! It is the SHA-256 of the protobuf encoding of the entry as the client sent it, with the
+//! fields the server owns cleared (`sequence`, `received_time`, `recorder`, `entry_hash`,
+//! `chain_hash`) and the id in its hyphenated form. Fields the server fills when the client left
+//! them empty (`time`, `level`, `request_id`) are hashed as the client sent them, so a retry
+//! without a time matches its first recording although each got a different `received_time`.
+
+use audit_proto::pb::{AuditEntry, Level};
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::Hash;
+
+/// The retry digest of `entry` as the client sent it (server-filled fields are ignored).
+pub fn retry_digest(entry: &AuditEntry) -> Hash {
+    let mut entry = entry.clone();
+    entry.sequence = 0;
+    entry.received_time = None;
+    entry.recorder = None;
+    entry.entry_hash.clear();
+    entry.chain_hash.clear();
+    Sha256::digest(entry.encode_to_vec()).into()
+}
+
+/// Whether `digest` is the retry digest of the stored entry `stored`, for some request that
+/// stores it: the client may have left `time` (the server stores `received_time`), `level`
+/// (the server stores `LEVEL_INFO`) or `request_id` (the server generates one) empty.
+pub fn stored_digest_matches(stored: &AuditEntry, digest: &[u8]) -> bool {
+    let times = [
+        Some(stored.time),
+        (stored.time.is_some() && stored.time == stored.received_time).then_some(None),
+    ];
+    let levels = [
+        Some(stored.level),
+        (stored.level == Level::Info as i32).then_some(Level::Unspecified as i32),
+    ];
+    let request_ids = [
+        Some(stored.request_id.as_str()),
+        (!stored.request_id.is_empty()).then_some(""),
+    ];
+    let mut sent = stored.clone();
+    for request_id in request_ids.into_iter().flatten() {
+        sent.request_id = request_id.to_string();
+        for time in times.into_iter().flatten() {
+            for level in levels.into_iter().flatten() {
+                sent.time = time;
+                sent.level = level;
+                if retry_digest(&sent).as_slice() == digest {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::Timestamp;
+
+    #[test]
+    fn defaults_filled_by_the_server_still_match() {
+        let received = Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        };
+        let sent = AuditEntry {
+            id: "0190a0a0-0000-7000-8000-000000000000".into(),
+            source: "billing".into(),
+            ..Default::default()
+        };
+        let digest = retry_digest(&sent);
+        let stored = AuditEntry {
+            sequence: 7,
+            request_id: "generated".into(),
+            time: Some(received),
+            received_time: Some(received),
+            level: Level::Info as i32,
+            entry_hash: vec![1; 32],
+            ..sent.clone()
+        };
+        assert!(stored_digest_matches(&stored, &digest));
+        let changed = AuditEntry {
+            source: "kms".into(),
+            ..stored.clone()
+        };
+        assert!(!stored_digest_matches(&changed, &digest));
+        assert!(!stored_digest_matches(&stored, &[0; 32]));
+        let explicit = AuditEntry {
+            time: Some(Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
+            level: Level::Error as i32,
+            ..sent
+        };
+        let stored = AuditEntry {
+            received_time: Some(received),
+            ..explicit.clone()
+        };
+        assert!(stored_digest_matches(&stored, &retry_digest(&explicit)));
+    }
+}
