@@ -16,44 +16,69 @@ use crate::Hash;
 /// The retry digest of `entry` as the client sent it (server-filled fields are ignored).
 pub fn retry_digest(entry: &AuditEntry) -> Hash {
     let mut entry = entry.clone();
+    clear_server_fields(&mut entry);
+    Sha256::digest(entry.encode_to_vec()).into()
+}
+
+/// Clears the fields the server owns, which the digest leaves out.
+fn clear_server_fields(entry: &mut AuditEntry) {
     entry.sequence = 0;
     entry.received_time = None;
     entry.recorder = None;
     entry.entry_hash.clear();
     entry.chain_hash.clear();
-    Sha256::digest(entry.encode_to_vec()).into()
 }
 
 /// Whether `digest` is the retry digest of the stored entry `stored`, for some request that
 /// stores it: the client may have left `time` (the server stores `received_time`), `level`
-/// (the server stores `LEVEL_INFO`) or `request_id` (the server generates one) empty.
+/// (the server stores `LEVEL_INFO`) or `request_id` (the server generates one) empty. To check
+/// many entries, use a [`DigestCheck`], which tries first what the last entry's client left
+/// empty.
 pub fn stored_digest_matches(stored: &AuditEntry, digest: &[u8]) -> bool {
-    let times = [
-        Some(stored.time),
-        (stored.time.is_some() && stored.time == stored.received_time).then_some(None),
-    ];
-    let levels = [
-        Some(stored.level),
-        (stored.level == Level::Info as i32).then_some(Level::Unspecified as i32),
-    ];
-    let request_ids = [
-        Some(stored.request_id.as_str()),
-        (!stored.request_id.is_empty()).then_some(""),
-    ];
-    let mut sent = stored.clone();
-    for request_id in request_ids.into_iter().flatten() {
-        sent.request_id = request_id.to_string();
-        for time in times.into_iter().flatten() {
-            for level in levels.into_iter().flatten() {
-                sent.time = time;
-                sent.level = level;
-                if retry_digest(&sent).as_slice() == digest {
-                    return true;
-                }
+    DigestCheck::default().matches(stored, digest)
+}
+
+/// Checks the retry digests of many stored entries (see [`stored_digest_matches`]), trying
+/// first the way the previous entry was sent: entries from one client tend to leave the same
+/// fields empty, so most take one hash.
+#[derive(Debug, Default, Clone)]
+pub struct DigestCheck {
+    /// The variant that matched last: bit 0 request id empty, bit 1 time empty, bit 2 level
+    /// unspecified.
+    last: u8,
+}
+
+impl DigestCheck {
+    /// Whether `digest` is the retry digest of `stored` for some request that stores it.
+    pub fn matches(&mut self, stored: &AuditEntry, digest: &[u8]) -> bool {
+        let possible = |variant: u8| {
+            (variant & 1 == 0 || !stored.request_id.is_empty())
+                && (variant & 2 == 0
+                    || (stored.time.is_some() && stored.time == stored.received_time))
+                && (variant & 4 == 0 || stored.level == Level::Info as i32)
+        };
+        let mut sent = stored.clone();
+        clear_server_fields(&mut sent);
+        let order = std::iter::once(self.last).chain((0..8).filter(|&v| v != self.last));
+        for variant in order.filter(|&v| possible(v)) {
+            sent.request_id = if variant & 1 == 0 {
+                stored.request_id.clone()
+            } else {
+                String::new()
+            };
+            sent.time = if variant & 2 == 0 { stored.time } else { None };
+            sent.level = if variant & 4 == 0 {
+                stored.level
+            } else {
+                Level::Unspecified as i32
+            };
+            if Sha256::digest(sent.encode_to_vec()).as_slice() == digest {
+                self.last = variant;
+                return true;
             }
         }
+        false
     }
-    false
 }
 
 #[cfg(test)]
@@ -83,6 +108,10 @@ mod tests {
             ..sent.clone()
         };
         assert!(stored_digest_matches(&stored, &digest));
+        let mut check = DigestCheck::default();
+        assert!(check.matches(&stored, &digest));
+        assert!(check.matches(&stored, &digest), "again, with the hint");
+        assert!(!check.matches(&stored, &[0; 32]));
         let changed = AuditEntry {
             source: "kms".into(),
             ..stored.clone()

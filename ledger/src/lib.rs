@@ -37,7 +37,7 @@ pub mod merkle;
 pub mod sqlite;
 
 pub use checkpoint::{Checkpoint, PublicKey, SigningKey};
-pub use digest::{retry_digest, stored_digest_matches};
+pub use digest::{DigestCheck, retry_digest, stored_digest_matches};
 pub use encoding::{
     CHAIN_START, CHAIN_TAG, ENCODING_VERSION, ENTRY_TAG, Hash, chain_hash, encode_entry,
     entry_hash, entry_hash_at,

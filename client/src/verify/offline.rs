@@ -90,6 +90,7 @@ pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> 
         )
         .map_err(sql)?;
     let mut rows = statement.query([]).map_err(sql)?;
+    let mut digests = audit_ledger::DigestCheck::default();
     while let Some(row) = rows.next().map_err(sql)? {
         let sequence: i64 = row.get(0).map_err(sql)?;
         let sequence = sequence as u64;
@@ -131,7 +132,7 @@ pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> 
             break;
         }
         let digest = row.get_ref(19).map_err(sql)?.as_blob().unwrap_or_default();
-        if !audit_ledger::stored_digest_matches(&entry, digest) {
+        if !digests.matches(&entry, digest) {
             verifier.problem(
                 sequence,
                 "the stored retry digest does not match the entry (retries of its id would be \

@@ -444,6 +444,7 @@ fn verify_tail(conn: &Connection, after: u64, mut chain: Hash) -> Result<(), Str
         )
         .map_err(sql)?;
     let mut rows = statement.query([after as i64]).map_err(sql)?;
+    let mut digests = audit_ledger::DigestCheck::default();
     while let Some(row) = rows.next().map_err(sql)? {
         let sequence = row.get::<_, i64>(0).map_err(sql)? as u64;
         let bad = |what: &str| format!("entry {sequence} (not yet signed) {what}");
@@ -462,7 +463,7 @@ fn verify_tail(conn: &Connection, after: u64, mut chain: Hash) -> Result<(), Str
             ));
         }
         let digest: Vec<u8> = row.get(4).map_err(sql)?;
-        if !audit_ledger::stored_digest_matches(&entry, &digest) {
+        if !digests.matches(&entry, &digest) {
             return Err(bad("has a retry digest that does not match it"));
         }
     }
