@@ -1178,3 +1178,62 @@ async fn a_zeroed_retry_digest_in_the_unsigned_tail_is_refused_at_start() {
     assert_eq!(first_bad(&report), 13, "{report:?}");
     assert_refused_at_start(&log, FLAGS).await;
 }
+
+// === Stores written by earlier versions ===
+
+/// A store as the version before `max-unsigned` left it: no first checkpoint at size 0,
+/// five-line ("legacy") notes signed by the same key, and here a crash after entry 45 left the
+/// last 5 entries unsigned.
+#[tokio::test]
+async fn a_store_with_legacy_checkpoints_opens_verifies_and_gets_a_bounded_one() {
+    let log = stopped_log().await;
+    let key_text = std::fs::read_to_string(log.dir.join("signing.key")).unwrap();
+    let key = SigningKey::from_text(&key_text).unwrap();
+    let db = log.db();
+    db.execute("DELETE FROM checkpoints WHERE size = 0 OR size = 45", [])
+        .unwrap();
+    for (index, note) in stored_notes(&db) {
+        let legacy = Checkpoint {
+            max_unsigned: None,
+            ..log.key.open(&note).unwrap()
+        };
+        db.execute(
+            "UPDATE checkpoints SET note = ? WHERE idx = ?",
+            params![key.sign(&legacy), index],
+        )
+        .unwrap();
+    }
+    drop(db);
+    assert!(!stored_notes(&log.db())[0].1.contains("max-unsigned"));
+
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!((report.entries, report.uncovered()), (ENTRIES, 5));
+    let key = log.key.to_text();
+    let dir = log.dir.to_str().unwrap();
+    let output = audit(&["verify", "--data-dir", dir, "--public-key", &key]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("the newest checkpoint is a legacy one"),
+        "{stdout}"
+    );
+
+    // The first start signs a checkpoint with the bound, over the verified log, and serves.
+    let server = TestServer::start_in(&log.dir, FLAGS).await;
+    let newest = server
+        .client()
+        .await
+        .checkpoint_response(0)
+        .await
+        .unwrap()
+        .checkpoint
+        .unwrap();
+    let newest = log.key.open(&newest.note).unwrap();
+    assert_eq!((newest.size, newest.max_unsigned), (ENTRIES, Some(10)));
+    assert_serving(&server, true).await;
+    assert!(server.stop().await.success());
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.entries, ENTRIES + 1);
+}
