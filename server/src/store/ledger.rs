@@ -646,3 +646,121 @@ pub(super) fn read_tree_hashes(
     }
     Ok(hashes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::store::Store;
+    use crate::store::sqlite::{Options, SqliteStore};
+    use crate::validate::{self, Context};
+
+    fn options() -> Options {
+        Options {
+            max_pending_bytes: 1 << 20,
+            max_group_entries: 64,
+            read_connections: 1,
+            checkpointing: Checkpointing {
+                signing_key: None,
+                log_name: "test".into(),
+                every_entries: 4,
+                interval: Duration::from_secs(600),
+                copy_dir: None,
+                startup_check: StartupCheck::Full,
+            },
+        }
+    }
+
+    fn entry(i: usize) -> crate::validate::NewEntry {
+        let entry = AuditEntry {
+            source: "billing".into(),
+            method: "/billing.v1.Billing/Charge".into(),
+            outcome: 1,
+            resource: format!("invoices/{i}"),
+            ..Default::default()
+        };
+        let context = Context {
+            received_time: validate::now(),
+            recorder: None,
+        };
+        let mut new =
+            validate::entry(entry, "entry", None, &context, &Limits::default()).expect("valid");
+        new.entry.request_id = format!("r{i}");
+        new
+    }
+
+    /// Opens the store in `dir`, appends `count` entries one at a time, and closes it.
+    async fn write(dir: &Path, count: usize) {
+        let store = SqliteStore::open(dir, &options()).expect("open");
+        assert!(*store.writable().borrow());
+        for i in 0..count {
+            store.append(vec![entry(i)]).await.expect("append");
+        }
+        store.close().await;
+    }
+
+    fn sizes(dir: &Path) -> Vec<i64> {
+        Connection::open(dir.join("audit.db"))
+            .unwrap()
+            .prepare("SELECT size FROM checkpoints ORDER BY idx")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_log_gets_a_first_checkpoint_and_reopens_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 6).await;
+        // At creation, at 4 (in the commit that reached it), and at close.
+        assert_eq!(sizes(dir.path()), [0, 4, 6]);
+        write(dir.path(), 1).await;
+        assert_eq!(sizes(dir.path()), [0, 4, 6, 7]);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_lost_its_checkpoints_opens_read_only_and_signs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 10).await;
+        Connection::open(dir.path().join("audit.db"))
+            .unwrap()
+            .execute("DELETE FROM checkpoints WHERE size > 4", [])
+            .unwrap();
+        let store = SqliteStore::open(dir.path(), &options()).expect("open");
+        assert!(!*store.writable().borrow(), "NOT_SERVING");
+        let error = store.append(vec![entry(99)]).await.unwrap_err();
+        assert!(
+            matches!(&error, Error::ReadOnly(reason) if reason.contains("more than the 4")),
+            "{error}"
+        );
+        // Reads still serve, for the verifier.
+        assert_eq!(*store.head().borrow(), 10);
+        store.close().await;
+        assert_eq!(sizes(dir.path()), [0, 4], "nothing signed at close");
+    }
+
+    #[tokio::test]
+    async fn an_edited_unsigned_entry_is_found_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 6).await;
+        let db = Connection::open(dir.path().join("audit.db")).unwrap();
+        // Entries 5 and 6 as if a crash had left them unsigned, then entry 6 edited.
+        db.execute("DELETE FROM checkpoints WHERE size = 6", [])
+            .unwrap();
+        db.execute(
+            "UPDATE entries SET digest = zeroblob(32) WHERE sequence = 6",
+            [],
+        )
+        .unwrap();
+        drop(db);
+        let store = SqliteStore::open(dir.path(), &options()).expect("open");
+        let error = store.append(vec![entry(99)]).await.unwrap_err();
+        assert!(
+            matches!(&error, Error::ReadOnly(reason) if reason.contains("entry 6 (not yet signed) has a retry digest")),
+            "{error}"
+        );
+        store.close().await;
+    }
+}
