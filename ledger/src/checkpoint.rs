@@ -8,9 +8,16 @@
 //! <base64 Merkle root>          RFC 6962 tree hash of the first <size> entry hashes
 //! chain <base64 chain head>     chain(<size>)
 //! time <unix seconds>           when the server signed it
+//! max-unsigned <n>              at most n entries follow it before the next checkpoint
 //!
 //! — <key name> <base64(key id || Ed25519 signature)>
 //! ```
+//!
+//! The `max-unsigned` line is the signer's promise that it never commits more than `n` entries
+//! beyond its newest checkpoint: a verifier that finds a longer unsigned tail knows that
+//! checkpoints were deleted (or entries appended by someone without the key), while the short
+//! tail a crash leaves is only unsigned. Notes signed before the line existed ("legacy" notes,
+//! five lines) stay valid; they bound nothing.
 //!
 //! The signature covers the text above the blank line (its final newline included). The key id
 //! is the first 4 bytes of `SHA-256(key name || "\n" || 0x01 || public key)`. Public keys are
@@ -44,19 +51,27 @@ pub struct Checkpoint {
     pub chain: Hash,
     /// When it was signed, in seconds since the Unix epoch.
     pub time: u64,
+    /// Most entries the signer commits after this checkpoint before it signs the next one;
+    /// `None` in legacy notes, which bound nothing.
+    pub max_unsigned: Option<u64>,
 }
 
 impl Checkpoint {
-    /// The signed text of the note: five lines, each ending in a newline.
+    /// The signed text of the note: five lines (six with `max-unsigned`), each ending in a
+    /// newline.
     pub fn body(&self) -> String {
-        format!(
+        let mut body = format!(
             "{}\n{}\n{}\nchain {}\ntime {}\n",
             self.origin,
             self.size,
             BASE64.encode(self.root),
             BASE64.encode(self.chain),
             self.time
-        )
+        );
+        if let Some(max) = self.max_unsigned {
+            body.push_str(&format!("max-unsigned {max}\n"));
+        }
+        body
     }
 
     /// Parses the text of a note (without its signatures).
@@ -66,8 +81,14 @@ impl Checkpoint {
             .strip_suffix('\n')
             .ok_or_else(|| bad("does not end with a newline"))?;
         let lines: Vec<&str> = text.split('\n').collect();
-        let [origin, size, root, chain, time] = lines[..] else {
-            return Err(bad("expected 5 lines: origin, size, root, chain, time"));
+        let (origin, size, root, chain, time, max_unsigned) = match lines[..] {
+            [origin, size, root, chain, time] => (origin, size, root, chain, time, None),
+            [origin, size, root, chain, time, max] => (origin, size, root, chain, time, Some(max)),
+            _ => {
+                return Err(bad(
+                    "expected 5 or 6 lines: origin, size, root, chain, time[, max-unsigned]",
+                ));
+            }
         };
         check_name(origin).map_err(|why| bad(&format!("origin: {why}")))?;
         Ok(Checkpoint {
@@ -82,6 +103,13 @@ impl Checkpoint {
                 .strip_prefix("time ")
                 .and_then(parse_decimal)
                 .ok_or_else(|| bad("fifth line is not `time <unix seconds>`"))?,
+            max_unsigned: max_unsigned
+                .map(|line| {
+                    line.strip_prefix("max-unsigned ")
+                        .and_then(parse_decimal)
+                        .ok_or_else(|| bad("sixth line is not `max-unsigned <entries>`"))
+                })
+                .transpose()?,
         })
     }
 
@@ -350,6 +378,7 @@ mod tests {
             root: [7; 32],
             chain: [9; 32],
             time: 1_700_000_000,
+            max_unsigned: Some(1000),
         }
     }
 
@@ -361,6 +390,26 @@ mod tests {
         assert!(note.contains("\n\n\u{2014} audit.example/log "), "{note}");
         assert_eq!(key.public_key().open(&note).unwrap(), checkpoint());
         assert_eq!(Checkpoint::parse_unverified(&note).unwrap(), checkpoint());
+    }
+
+    #[test]
+    fn legacy_notes_without_max_unsigned_still_open() {
+        let key = SigningKey::generate("log").unwrap();
+        let legacy = Checkpoint {
+            max_unsigned: None,
+            ..checkpoint()
+        };
+        let note = key.sign(&legacy);
+        assert_eq!(note.split("\n\n").next().unwrap().lines().count(), 5);
+        assert_eq!(key.public_key().open(&note).unwrap(), legacy);
+        let current = key.sign(&checkpoint());
+        assert!(current.contains("\ntime 1700000000\nmax-unsigned 1000\n\n"));
+        // The bound is signed: raising it breaks the signature.
+        let raised = current.replacen("max-unsigned 1000", "max-unsigned 9999", 1);
+        assert!(matches!(
+            key.public_key().open(&raised),
+            Err(Error::BadSignature(_))
+        ));
     }
 
     #[test]
@@ -398,6 +447,8 @@ mod tests {
             "log\n42\n",
             "log\n042\nAAAA\nchain AAAA\ntime 1\n",
             "log with space\n1\nAAAA\nchain AAAA\ntime 1\n",
+            "log\n1\nAAAA\nchain AAAA\ntime 1\nmax-unsigned x\n",
+            "log\n1\nAAAA\nchain AAAA\ntime 1\nother 1\n",
         ] {
             assert!(Checkpoint::parse_body(body).is_err(), "{body:?}");
         }
@@ -421,6 +472,7 @@ mod tests {
             root: tree.root(),
             chain: [0; 32],
             time: 1,
+            max_unsigned: None,
         })
     }
 

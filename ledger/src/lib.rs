@@ -7,6 +7,9 @@
 //!   proofs and their verification.
 //! - [`Checkpoint`]: log name, size, Merkle root, chain head and time, signed with Ed25519 as a
 //!   C2SP signed note by a [`SigningKey`] and opened with its [`PublicKey`].
+//! - [`retry_digest`]: the digest the store keeps to recognise a retried entry.
+//! - `sqlite` (feature `sqlite`): the store's SQLite schema, in one place, and the checks that
+//!   a database holds exactly that schema with intact indexes.
 //!
 //! ```
 //! use audit_ledger::{CHAIN_START, Checkpoint, SigningKey, chain_hash, entry_hash, merkle};
@@ -19,7 +22,7 @@
 //! tree.push(&hash);
 //!
 //! let key = SigningKey::generate("audit.example/log").unwrap();
-//! let checkpoint = Checkpoint { origin: "audit.example/log".into(), size: 1, root: tree.root(), chain, time: 1_700_000_000 };
+//! let checkpoint = Checkpoint { origin: "audit.example/log".into(), size: 1, root: tree.root(), chain, time: 1_700_000_000, max_unsigned: Some(1000) };
 //! let note = key.sign(&checkpoint);
 //! assert_eq!(key.public_key().open(&note).unwrap(), checkpoint);
 //! ```
@@ -27,10 +30,14 @@
 #![forbid(unsafe_code)]
 
 mod checkpoint;
+mod digest;
 mod encoding;
 pub mod merkle;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use checkpoint::{Checkpoint, PublicKey, SigningKey};
+pub use digest::{DigestCheck, retry_digest, stored_digest_matches};
 pub use encoding::{
     CHAIN_START, CHAIN_TAG, ENCODING_VERSION, ENTRY_TAG, Hash, chain_hash, encode_entry,
     entry_hash, entry_hash_at,

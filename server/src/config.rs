@@ -109,6 +109,19 @@ pub struct CheckpointConfig {
     /// is also signed at shutdown.
     #[arg(long, env = "AUDIT_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
+
+    /// Directory (on another volume than the data directory) that receives a copy of every
+    /// checkpoint as it is signed: `<size>.note` and `latest.note`, each written atomically.
+    /// At start the store must still contain what `latest.note` signs. Verify with
+    /// `audit verify --checkpoint-dir DIR`.
+    #[arg(long, env = "AUDIT_CHECKPOINT_COPY", value_name = "DIR")]
+    pub checkpoint_copy: Option<PathBuf>,
+
+    /// What the start-up verification checks besides the newest checkpoint and the entries after
+    /// it: `full` also runs SQLite's integrity check (indexes agree with their table; reads the
+    /// whole database), `schema` only compares the schema. A store that fails opens read-only.
+    #[arg(long, env = "AUDIT_STARTUP_CHECK", default_value = "full", value_enum)]
+    pub startup_check: crate::store::StartupCheck,
 }
 
 impl CheckpointConfig {
@@ -119,6 +132,8 @@ impl CheckpointConfig {
             log_name: self.log_name.clone(),
             every_entries: self.checkpoint_every_entries,
             interval: self.checkpoint_interval,
+            copy_dir: self.checkpoint_copy.clone(),
+            startup_check: self.startup_check,
         }
     }
 }

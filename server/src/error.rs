@@ -46,6 +46,11 @@ pub enum Error {
     #[error("store unavailable: {0}")]
     StoreFailed(String),
 
+    /// The store opened read-only: its log did not verify when the server started, so the
+    /// server signs nothing and stores nothing until an operator has looked at it.
+    #[error("audit store is read-only: {0}; the entry was not recorded")]
+    ReadOnly(String),
+
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -148,7 +153,7 @@ impl From<Error> for Status {
                 tracing::error!(%cause, "refusing request: store unavailable");
                 Status::unavailable("audit store unavailable: the entry was not recorded")
             }
-            Error::ShuttingDown => Status::unavailable(error.to_string()),
+            Error::ReadOnly(_) | Error::ShuttingDown => Status::unavailable(error.to_string()),
             Error::Config(ref cause) => {
                 tracing::error!(%cause, "configuration error");
                 Status::internal("internal error")

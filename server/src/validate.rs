@@ -4,7 +4,6 @@
 use audit_proto::pb::{self, AuditEntry, Filter, Level, Outcome};
 use prost::Message;
 use prost_types::Timestamp;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::Limits;
@@ -254,7 +253,7 @@ fn finish(mut entry: AuditEntry, id: Option<Uuid>, path: &str, context: &Context
     entry.recorder = None;
     entry.entry_hash.clear();
     entry.chain_hash.clear();
-    let digest: [u8; 32] = Sha256::digest(entry.encode_to_vec()).into();
+    let digest = audit_ledger::retry_digest(&entry);
 
     entry.received_time = Some(context.received_time);
     if entry.time.is_none() {

@@ -3,14 +3,17 @@
 //! stopped data, by `audit verify --data-dir`, and against a server started on the tampered
 //! data (library and `audit verify`). Also: receipts, proofs, and the schema migration.
 //!
-//! The log used: 45 entries, checkpoints signed every 10 entries (sizes 10, 20, 30, 40) and at
-//! shutdown (45).
+//! The log used: 45 entries, checkpoints signed when the log was created (size 0), every 10
+//! entries (sizes 10, 20, 30, 40) and at shutdown (45).
+//!
+//! A server started on a tampered store opens it read-only (NOT_SERVING, writes refused) and
+//! signs nothing; its reads still serve the online verification.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use audit_client::pb;
 use audit_client::verify::{self, PublicKey, Report, Trust};
+use audit_client::{ServingStatus, pb};
 use audit_ledger::{Checkpoint, SigningKey};
 use audit_tests::{PATIENCE, TestServer, all_entries, binary, entry};
 use prost::Message;
@@ -186,16 +189,19 @@ fn stored_entry(db: &Connection, sequence: u64) -> pb::AuditEntry {
     entry
 }
 
-/// Rewrites entry `sequence` with `entry`, its indexed resource column and its entry hash.
+/// Rewrites entry `sequence` with `entry`, its indexed resource column, its retry digest and
+/// its entry hash, as a forger who knows the documented scheme does.
 fn rewrite_entry(db: &Connection, entry: &pb::AuditEntry) {
     let mut stored = entry.clone();
     stored.sequence = 0;
     db.execute(
-        "UPDATE entries SET entry = ?, resource = ?, entry_hash = ? WHERE sequence = ?",
+        "UPDATE entries SET entry = ?, resource = ?, entry_hash = ?, digest = ? \
+         WHERE sequence = ?",
         params![
             stored.encode_to_vec(),
             entry.resource,
             audit_ledger::entry_hash(entry).to_vec(),
+            audit_ledger::retry_digest(entry).to_vec(),
             entry.sequence as i64
         ],
     )
@@ -263,13 +269,16 @@ async fn untouched_log_verifies() {
         .collect();
     assert_eq!(
         sizes,
-        [10, 20, 30, 40, 45],
-        "every 10 entries and at shutdown"
+        [0, 10, 20, 30, 40, 45],
+        "at creation, every 10 entries and at shutdown"
     );
+    for (_, note) in &notes {
+        assert!(note.contains("\nmax-unsigned 10\n\n"), "{note}");
+    }
 
     let report = verify::verify_data_dir(&log.dir, &log.trust()).expect("verify");
     assert!(report.is_ok(), "{report:?}");
-    assert_eq!((report.entries, report.checkpoints), (ENTRIES, 5));
+    assert_eq!((report.entries, report.checkpoints), (ENTRIES, 6));
 
     let dir = log.dir.to_str().unwrap();
     let output = audit(&[
@@ -283,7 +292,7 @@ async fn untouched_log_verifies() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(
-        stdout.starts_with("OK: 45 entries and 5 checkpoints verified"),
+        stdout.starts_with("OK: 45 entries and 6 checkpoints verified"),
         "{stdout}"
     );
 
@@ -299,7 +308,7 @@ async fn untouched_log_verifies() {
         .await
         .expect("verify online");
     assert!(report.is_ok(), "{report:?}");
-    assert_eq!((report.entries, report.checkpoints), (ENTRIES, 5));
+    assert_eq!((report.entries, report.checkpoints), (ENTRIES, 6));
     let uri = server.uri();
     let output = audit(&[
         "--server",
@@ -315,6 +324,7 @@ async fn untouched_log_verifies() {
         String::from_utf8_lossy(&output.stdout).trim(),
         log.key.to_text()
     );
+    assert_serving(&server, true).await;
     server.kill().await;
 }
 
@@ -375,7 +385,7 @@ async fn field_edited_with_the_whole_chain_recomputed() {
         &log.trust(),
         &[],
         11,
-        "checkpoint #2 (size 20) does not match",
+        "checkpoint #3 (size 20) does not match",
     )
     .await;
 }
@@ -477,7 +487,7 @@ async fn forged_entry_inserted(hashed: bool) -> Stopped {
     let mut stored = forged.clone();
     stored.sequence = 0;
     db.execute(
-        "INSERT INTO entries SELECT 21, ?, digest, request_id, time_ns, received_ns, source, \
+        "INSERT INTO entries SELECT 21, ?, ?, request_id, time_ns, received_ns, source, \
          method, event, category, ?, level, outcome, status_code, principal, spiffe_id, \
          labels, ?, ?, ? FROM entries WHERE sequence = 20",
         params![
@@ -485,6 +495,7 @@ async fn forged_entry_inserted(hashed: bool) -> Stopped {
                 .unwrap()
                 .as_bytes()
                 .to_vec(),
+            audit_ledger::retry_digest(&forged).to_vec(),
             forged.resource,
             stored.encode_to_vec(),
             hash.to_vec(),
@@ -620,18 +631,21 @@ async fn checkpoints_signed_by_another_key() {
         format!("{}\n", theirs.public_key().to_text()),
     )
     .unwrap();
-    assert_detected(&log, &log.trust(), &[], 11, "checkpoint #2 is refused").await;
+    assert_detected(&log, &log.trust(), &[], 11, "checkpoint #3 is refused").await;
     // Without a trusted key, a forged key file is believed once every checkpoint carries its
     // signature: the documented limit. (A server started on the data directory rewrites the
     // file from its own key.)
     let db = log.db();
-    let (index, note) = stored_notes(&db).remove(0);
-    let first = Checkpoint::parse_unverified(&note).unwrap();
-    db.execute(
-        "UPDATE checkpoints SET note = ? WHERE idx = ?",
-        params![theirs.sign(&first), index],
-    )
-    .unwrap();
+    for (index, note) in stored_notes(&db) {
+        let checkpoint = Checkpoint::parse_unverified(&note).unwrap();
+        if checkpoint.size < 17 {
+            db.execute(
+                "UPDATE checkpoints SET note = ? WHERE idx = ?",
+                params![theirs.sign(&checkpoint), index],
+            )
+            .unwrap();
+        }
+    }
     drop(db);
     std::fs::write(
         log.dir.join("signing.pub"),
@@ -658,7 +672,7 @@ async fn checkpoint_with_a_smaller_size() {
     )
     .unwrap();
     drop(db);
-    assert_detected(&log, &log.trust(), &[], 21, "fewer than checkpoint #5").await;
+    assert_detected(&log, &log.trust(), &[], 21, "fewer than checkpoint #6").await;
 }
 
 #[tokio::test]
@@ -748,7 +762,10 @@ async fn a_version_1_store_is_migrated_and_hashed() {
     let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.entries, ENTRIES);
-    assert_eq!(report.checkpoints, 1, "signed at shutdown");
+    assert_eq!(
+        report.checkpoints, 1,
+        "signed at the first start after the migration"
+    );
 }
 
 /// A larger log, with a checkpoint every 10 entries, verifies whole. (Its speed is
@@ -782,4 +799,441 @@ async fn a_log_of_ten_thousand_entries_verifies() {
     let report = verify::verify_data_dir(Path::new(&dir), &trust).unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.entries, 10_000);
+}
+
+// === The server never signs what it has not verified ===
+
+/// Asserts the health of the server and of the audit service, and that a write succeeds
+/// (serving) or gets UNAVAILABLE saying the store is read-only (not serving).
+async fn assert_serving(server: &TestServer, serving: bool) {
+    let client = server.client().await;
+    let want = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    assert_eq!(client.health("").await.unwrap(), want);
+    assert_eq!(
+        client.health(audit_client::SERVICE_NAME).await.unwrap(),
+        want
+    );
+    let recorded = client
+        .record(entry("probe", "/probe.v1.Probe/Write").random_id())
+        .await;
+    if serving {
+        recorded.expect("a writable store records");
+    } else {
+        let error = recorded.expect_err("a read-only store refuses writes");
+        assert_eq!(error.code(), Some(tonic::Code::Unavailable), "{error}");
+        assert!(error.to_string().contains("read-only"), "{error}");
+    }
+}
+
+fn checkpoint_sizes(log: &Stopped) -> Vec<u64> {
+    stored_notes(&log.db())
+        .iter()
+        .map(|(_, note)| Checkpoint::parse_unverified(note).unwrap().size)
+        .collect()
+}
+
+/// Starts a server on a tampered store and checks that it refuses to write or sign: NOT_SERVING,
+/// writes refused, and no checkpoint added (while running or at shutdown).
+async fn assert_refused_at_start(log: &Stopped, flags: &[&str]) {
+    let before = checkpoint_sizes(log);
+    let server = TestServer::start_in(&log.dir, flags).await;
+    assert_serving(&server, false).await;
+    assert!(server.stop().await.success());
+    assert_eq!(
+        checkpoint_sizes(log),
+        before,
+        "nothing signed over the forged log"
+    );
+}
+
+/// Rewrites entries from `from` on with their sequences and hashes recomputed, as a forger
+/// who knows the documented encoding does after changing the log.
+fn rehash_from(db: &Connection, from: u64) {
+    let last: i64 = db
+        .query_row("SELECT MAX(sequence) FROM entries", [], |row| row.get(0))
+        .unwrap();
+    for sequence in from..=last as u64 {
+        let entry = stored_entry(db, sequence);
+        rewrite_entry(db, &entry);
+    }
+    rechain_from(db, from);
+}
+
+#[tokio::test]
+async fn history_rewritten_without_the_key_and_its_checkpoints_deleted() {
+    let log = stopped_log().await;
+    let db = log.db();
+    let mut entry = stored_entry(&db, 17);
+    entry.resource = "invoices/forged".into();
+    rewrite_entry(&db, &entry);
+    rechain_from(&db, 17);
+    db.execute("DELETE FROM checkpoints WHERE size >= 17", [])
+        .unwrap();
+    drop(db);
+    // The chain and the remaining checkpoints (0 and 10) hold; 35 unsigned entries after 10 do
+    // not: a checkpoint is signed every 10.
+    assert_detected(&log, &log.trust(), &[], 11, "more than the 10").await;
+    assert_refused_at_start(&log, FLAGS).await;
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert_eq!(first_bad(&report), 11, "still detected: {report:?}");
+}
+
+#[tokio::test]
+async fn entries_deleted_and_renumbered_with_every_checkpoint_deleted() {
+    let log = stopped_log().await;
+    let db = log.db();
+    db.execute("DELETE FROM entries WHERE sequence BETWEEN 23 AND 25", [])
+        .unwrap();
+    for _ in 0..3 {
+        shift(&db, 22, false);
+    }
+    rehash_from(&db, 23);
+    db.execute("DELETE FROM checkpoints", []).unwrap();
+    drop(db);
+    assert_detected(&log, &log.trust(), &[], 1, "no signed checkpoint").await;
+    assert_refused_at_start(&log, FLAGS).await;
+}
+
+#[tokio::test]
+async fn a_crash_leaves_a_short_unsigned_tail_that_is_not_tampering() {
+    let mut server = TestServer::start_with_args(FLAGS).await;
+    record(&server, 1, 15).await;
+    let key = public_key(&server).await;
+    let temp = server.keep_data_dir().unwrap();
+    let dir = server.data_dir.clone();
+    server.kill().await;
+    let log = Stopped {
+        _temp: temp,
+        dir,
+        key,
+    };
+    assert_eq!(checkpoint_sizes(&log), [0, 10]);
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.uncovered(), 5);
+    let key = log.key.to_text();
+    let output = audit(&[
+        "verify",
+        "--data-dir",
+        log.dir.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("the last 5 entries are chained but not yet covered"),
+        "{stdout}"
+    );
+
+    // The restarted server verifies the tail and serves.
+    let server = TestServer::start_in(&log.dir, FLAGS).await;
+    assert_serving(&server, true).await;
+    server.kill().await;
+
+    // A new cadence is signed at once, so the bound in the newest checkpoint is the one kept.
+    let server = TestServer::start_in(
+        &log.dir,
+        &[
+            "--checkpoint-every-entries",
+            "20",
+            "--checkpoint-interval",
+            "10m",
+        ],
+    )
+    .await;
+    assert_serving(&server, true).await;
+    server.kill().await;
+    let notes = stored_notes(&log.db());
+    let newest = log.key.open(&notes.last().unwrap().1).unwrap();
+    assert_eq!((newest.size, newest.max_unsigned), (16, Some(20)));
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+#[tokio::test]
+async fn checkpoints_copied_out_of_the_data_dir_catch_a_consistent_rollback() {
+    let copies = tempfile::tempdir().unwrap();
+    let copy_dir = copies.path().join("checkpoints");
+    let copy = copy_dir.to_str().unwrap();
+    let flags = [FLAGS, &["--checkpoint-copy", copy]].concat();
+    let mut server = TestServer::start_with_args(&flags).await;
+    record(&server, 1, ENTRIES).await;
+    let key = public_key(&server).await;
+    let temp = server.keep_data_dir().unwrap();
+    let dir = server.data_dir.clone();
+    assert!(server.stop().await.success());
+    let log = Stopped {
+        _temp: temp,
+        dir,
+        key,
+    };
+    let mut names: Vec<String> = std::fs::read_dir(&copy_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "0.note",
+            "10.note",
+            "20.note",
+            "30.note",
+            "40.note",
+            "45.note",
+            "latest.note"
+        ]
+    );
+    let latest = std::fs::read_to_string(copy_dir.join("latest.note")).unwrap();
+    assert_eq!(latest, stored_notes(&log.db()).last().unwrap().1);
+
+    // Truncated to 30 entries with the checkpoints that covered more: consistent by itself.
+    let db = log.db();
+    db.execute("DELETE FROM entries WHERE sequence > 30", [])
+        .unwrap();
+    db.execute("DELETE FROM checkpoints WHERE size > 30", [])
+        .unwrap();
+    drop(db);
+    let alone = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert!(alone.is_ok(), "without the copies a rollback is invisible");
+    let latest_path = copy_dir.join("latest.note");
+    let latest_file = latest_path.to_str().unwrap();
+    let trust = Trust {
+        checkpoints: vec![latest.clone()],
+        ..log.trust()
+    };
+    assert_detected(
+        &log,
+        &trust,
+        &["--checkpoint", latest_file],
+        31,
+        "the log ends at entry 30",
+    )
+    .await;
+    let key = log.key.to_text();
+    let output = audit(&[
+        "verify",
+        "--data-dir",
+        log.dir.to_str().unwrap(),
+        "--public-key",
+        &key,
+        "--checkpoint-dir",
+        copy,
+    ])
+    .await;
+    assert_eq!(cli_first_bad(&output), 31);
+    assert_refused_at_start(&log, &flags).await;
+}
+
+// === The schema and the indexes are the server's ===
+
+/// A stopped log whose entries 1 to 3 are by `mallory` and the rest by `alice`.
+async fn log_with_mallory() -> Stopped {
+    let mut server = TestServer::start_with_args(FLAGS).await;
+    let client = server.client().await;
+    for i in 1..=3 {
+        client
+            .record(
+                entry("billing", "/billing.v1.Billing/Refund")
+                    .resource(format!("r/{i}"))
+                    .principal("mallory"),
+            )
+            .await
+            .unwrap();
+    }
+    drop(client);
+    record(&server, 4, 12).await;
+    let key = public_key(&server).await;
+    let temp = server.keep_data_dir().unwrap();
+    let dir = server.data_dir.clone();
+    assert!(server.stop().await.success());
+    Stopped {
+        _temp: temp,
+        dir,
+        key,
+    }
+}
+
+/// Asserts that the offline verifications (library and `audit verify --data-dir`) report the
+/// database itself, at sequence 1, for `reason`. (The online verifier sees entries, not the
+/// schema; the server refuses such a store at start-up.)
+async fn assert_detected_offline(log: &Stopped, reason: &str) {
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).expect("verify offline");
+    assert_eq!(first_bad(&report), 1, "{report:?}");
+    let problem = report.problem.unwrap();
+    assert!(
+        problem.reason.contains(reason),
+        "`{}` lacks `{reason}`",
+        problem.reason
+    );
+    let key = log.key.to_text();
+    let dir = log.dir.to_str().unwrap();
+    let output = audit(&["verify", "--data-dir", dir, "--public-key", &key]).await;
+    assert_eq!(cli_first_bad(&output), 1);
+    assert!(String::from_utf8_lossy(&output.stdout).contains(reason));
+}
+
+async fn count_by_principal(server: &TestServer, principal: &str) -> usize {
+    let filter = pb::Filter {
+        principal: principal.into(),
+        ..Default::default()
+    };
+    audit_tests::query(&server.client().await, filter)
+        .await
+        .len()
+}
+
+#[tokio::test]
+async fn an_index_relabelled_to_hide_a_principal() {
+    let log = log_with_mallory().await;
+    log.db()
+        .execute_batch(
+            "DROP INDEX entries_principal;
+             CREATE INDEX entries_principal ON entries(principal) WHERE principal != 'mallory';
+             PRAGMA writable_schema = ON;
+             UPDATE sqlite_schema SET sql = 'CREATE INDEX entries_principal ON entries(principal)'
+                 WHERE name = 'entries_principal';
+             PRAGMA writable_schema = OFF;",
+        )
+        .unwrap();
+    // Every hash and checkpoint still verifies, and the index hides mallory's entries.
+    let server =
+        TestServer::start_in(&log.dir, &[FLAGS, &["--startup-check", "schema"]].concat()).await;
+    assert_eq!(
+        count_by_principal(&server, "mallory").await,
+        0,
+        "the tampering works"
+    );
+    assert_eq!(count_by_principal(&server, "alice").await, 12);
+    server.kill().await;
+    assert_detected_offline(&log, "row 1 missing from index entries_principal").await;
+    assert_refused_at_start(&log, FLAGS).await;
+}
+
+#[tokio::test]
+async fn a_planted_trigger() {
+    let log = log_with_mallory().await;
+    log.db()
+        .execute_batch(
+            "CREATE TRIGGER forget AFTER INSERT ON entries WHEN NEW.principal = 'mallory'
+             BEGIN DELETE FROM entries WHERE sequence = NEW.sequence; END;",
+        )
+        .unwrap();
+    assert_detected_offline(&log, "unexpected trigger `forget`").await;
+    assert_refused_at_start(&log, &[FLAGS, &["--startup-check", "schema"]].concat()).await;
+}
+
+// === The retry digest is verified ===
+
+#[tokio::test]
+async fn a_zeroed_retry_digest() {
+    let log = stopped_log().await;
+    log.db()
+        .execute(
+            "UPDATE entries SET digest = zeroblob(32) WHERE sequence = 17",
+            [],
+        )
+        .unwrap();
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert_eq!(first_bad(&report), 17, "{report:?}");
+    assert!(report.problem.unwrap().reason.contains("retry digest"));
+    let key = log.key.to_text();
+    let output = audit(&[
+        "verify",
+        "--data-dir",
+        log.dir.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ])
+    .await;
+    assert_eq!(cli_first_bad(&output), 17);
+}
+
+#[tokio::test]
+async fn a_zeroed_retry_digest_in_the_unsigned_tail_is_refused_at_start() {
+    let mut server = TestServer::start_with_args(FLAGS).await;
+    record(&server, 1, 15).await;
+    let key = public_key(&server).await;
+    let temp = server.keep_data_dir().unwrap();
+    let dir = server.data_dir.clone();
+    server.kill().await;
+    let log = Stopped {
+        _temp: temp,
+        dir,
+        key,
+    };
+    log.db()
+        .execute(
+            "UPDATE entries SET digest = zeroblob(32) WHERE sequence = 13",
+            [],
+        )
+        .unwrap();
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert_eq!(first_bad(&report), 13, "{report:?}");
+    assert_refused_at_start(&log, FLAGS).await;
+}
+
+// === Stores written by earlier versions ===
+
+/// A store as the version before `max-unsigned` left it: no first checkpoint at size 0,
+/// five-line ("legacy") notes signed by the same key, and here a crash after entry 45 left the
+/// last 5 entries unsigned.
+#[tokio::test]
+async fn a_store_with_legacy_checkpoints_opens_verifies_and_gets_a_bounded_one() {
+    let log = stopped_log().await;
+    let key_text = std::fs::read_to_string(log.dir.join("signing.key")).unwrap();
+    let key = SigningKey::from_text(&key_text).unwrap();
+    let db = log.db();
+    db.execute("DELETE FROM checkpoints WHERE size = 0 OR size = 45", [])
+        .unwrap();
+    for (index, note) in stored_notes(&db) {
+        let legacy = Checkpoint {
+            max_unsigned: None,
+            ..log.key.open(&note).unwrap()
+        };
+        db.execute(
+            "UPDATE checkpoints SET note = ? WHERE idx = ?",
+            params![key.sign(&legacy), index],
+        )
+        .unwrap();
+    }
+    drop(db);
+    assert!(!stored_notes(&log.db())[0].1.contains("max-unsigned"));
+
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!((report.entries, report.uncovered()), (ENTRIES, 5));
+    let key = log.key.to_text();
+    let dir = log.dir.to_str().unwrap();
+    let output = audit(&["verify", "--data-dir", dir, "--public-key", &key]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("the newest checkpoint is a legacy one"),
+        "{stdout}"
+    );
+
+    // The first start signs a checkpoint with the bound, over the verified log, and serves.
+    let server = TestServer::start_in(&log.dir, FLAGS).await;
+    let newest = server
+        .client()
+        .await
+        .checkpoint_response(0)
+        .await
+        .unwrap()
+        .checkpoint
+        .unwrap();
+    let newest = log.key.open(&newest.note).unwrap();
+    assert_eq!((newest.size, newest.max_unsigned), (ENTRIES, Some(10)));
+    assert_serving(&server, true).await;
+    assert!(server.stop().await.success());
+    let report = verify::verify_data_dir(&log.dir, &log.trust()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.entries, ENTRIES + 1);
 }

@@ -38,6 +38,10 @@ pub struct VerifyArgs {
     /// must contain what it signs. Repeatable.
     #[arg(long, value_name = "FILE")]
     checkpoint: Vec<PathBuf>,
+    /// A directory of checkpoints kept from earlier, such as the server's `--checkpoint-copy`
+    /// directory: every `*.note` file in it is used as with `--checkpoint`.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
 }
 
 /// Print the log's newest signed checkpoint (a C2SP signed note). Keep it to check later that
@@ -62,8 +66,20 @@ pub async fn run(server: &str, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(read_public_key)
         .transpose()?;
-    let checkpoints = args
-        .checkpoint
+    let mut paths = args.checkpoint.clone();
+    if let Some(dir) = &args.checkpoint_dir {
+        let listing = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read checkpoint directory {}", dir.display()))?;
+        for item in listing {
+            let path = item
+                .with_context(|| format!("cannot read checkpoint directory {}", dir.display()))?
+                .path();
+            if path.extension().is_some_and(|e| e == "note") {
+                paths.push(path);
+            }
+        }
+    }
+    let checkpoints = paths
         .iter()
         .map(|path| {
             std::fs::read_to_string(path)
@@ -122,6 +138,17 @@ fn print_report(report: &Report, elapsed: std::time::Duration) -> anyhow::Result
                          checkpoint",
                         report.uncovered()
                     ),
+                )?;
+            }
+            if report
+                .newest_checkpoint
+                .as_ref()
+                .is_some_and(|c| c.max_unsigned.is_none())
+            {
+                write_line(
+                    &mut out,
+                    "note: the newest checkpoint is a legacy one (no max-unsigned line): it does \
+                     not bound how many entries may follow it unsigned",
                 )?;
             }
             Ok(ExitCode::SUCCESS)

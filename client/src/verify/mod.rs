@@ -9,9 +9,11 @@
 //! What is proven: every entry up to the newest checkpoint the verifier trusts is exactly as
 //! it was stored, in place, none missing or added, provided the signing key was not stolen
 //! together with the store. Entries after the newest checkpoint are only as good as the chain
-//! (an attacker who can write the store can recompute it); a store rolled back to an older
-//! copy, with its checkpoints, is only caught with a newer checkpoint kept elsewhere
-//! ([`Trust::checkpoints`]).
+//! (an attacker who can write the store can recompute it), but there may be no more of them
+//! than that checkpoint's `max-unsigned` allows, and a log must have a checkpoint (its first is
+//! signed when it is created): deleting checkpoints is detected. A store rolled back to an
+//! older copy, with its checkpoints, is only caught with a newer checkpoint kept elsewhere
+//! ([`Trust::checkpoints`], e.g. the server's `--checkpoint-copy` directory).
 
 #[cfg(feature = "offline")]
 mod offline;

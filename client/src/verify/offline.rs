@@ -10,15 +10,17 @@ use rusqlite::{Connection, OpenFlags};
 use super::{KeySource, Report, Trust, Verifier};
 use crate::Error;
 
-/// The schema version this verifier reads.
-const SCHEMA_VERSION: i64 = 2;
+use audit_ledger::sqlite::{SCHEMA_VERSION, check_integrity, check_schema};
 
 /// Verifies the log in `data_dir` (`audit.db`, and `signing.pub` when `trust` has no key).
 ///
 /// Besides hashes, chain and checkpoints, each row's indexed columns (source, method,
-/// principal, ...) must agree with the entry they index, so that no query filter can be made to
-/// hide an entry. Fails only when the data cannot be read at all; tampering is reported in
-/// the [`Report`].
+/// principal, ...) and its retry digest must agree with the entry, and the database must hold
+/// exactly the server's schema (no extra trigger, no altered index) with indexes that agree
+/// with their table (SQLite's integrity check), so that no query filter can be made to hide an
+/// entry and no retry be refused. Such a problem is reported at sequence 1, since it affects
+/// what every query returns. Fails only when the data cannot be read at all; tampering is
+/// reported in the [`Report`].
 pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> {
     let unverifiable = |what: String| Error::Unverifiable(what);
     let (key, source) = match &trust.public_key {
@@ -61,6 +63,12 @@ pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> 
     for note in &trust.checkpoints {
         verifier.trusted_checkpoint(note);
     }
+    if let Err(problem) = check_schema(&conn).and_then(|()| check_integrity(&conn)) {
+        verifier.problem(
+            1,
+            format!("the database is not as the server made it: {problem}"),
+        );
+    }
     {
         let mut statement = conn
             .prepare("SELECT idx, size, note FROM checkpoints ORDER BY idx")
@@ -78,10 +86,11 @@ pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> 
         .prepare(
             "SELECT sequence, entry, entry_hash, chain_hash, id, request_id, time_ns, \
              received_ns, source, method, event, category, resource, level, outcome, \
-             status_code, principal, spiffe_id, labels FROM entries ORDER BY sequence",
+             status_code, principal, spiffe_id, labels, digest FROM entries ORDER BY sequence",
         )
         .map_err(sql)?;
     let mut rows = statement.query([]).map_err(sql)?;
+    let mut digests = audit_ledger::DigestCheck::default();
     while let Some(row) = rows.next().map_err(sql)? {
         let sequence: i64 = row.get(0).map_err(sql)?;
         let sequence = sequence as u64;
@@ -119,6 +128,15 @@ pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> 
             verifier.problem(
                 sequence,
                 format!("the indexed column `{column}` does not match the entry"),
+            );
+            break;
+        }
+        let digest = row.get_ref(19).map_err(sql)?.as_blob().unwrap_or_default();
+        if !digests.matches(&entry, digest) {
+            verifier.problem(
+                sequence,
+                "the stored retry digest does not match the entry (retries of its id would be \
+                 refused)",
             );
             break;
         }

@@ -91,6 +91,9 @@ pub struct Verifier {
     problem: Option<Problem>,
     /// Set once an entry is bad: later entries prove nothing.
     stopped: bool,
+    /// The unsigned tail is held to the newest checkpoint's `max-unsigned` up to this sequence
+    /// (all entries when `None`).
+    bounded_through: Option<u64>,
 }
 
 impl Verifier {
@@ -110,7 +113,15 @@ impl Verifier {
             checkpoints_verified: 0,
             problem: None,
             stopped: false,
+            bounded_through: None,
         }
+    }
+
+    /// Holds only entries up to `head` to the newest checkpoint's bound on unsigned entries:
+    /// the head of a running log read before its checkpoints were listed. Entries committed
+    /// after that may be covered by checkpoints signed since.
+    pub fn bound_tail_through(&mut self, head: u64) {
+        self.bounded_through = Some(head);
     }
 
     /// Whether entries still need to be fed (false once an entry was found bad).
@@ -195,7 +206,15 @@ impl Verifier {
 
     fn expect(&mut self, checkpoint: Checkpoint, label: String) {
         if checkpoint.size == 0 {
+            // The first checkpoint, signed when the log was created.
+            if checkpoint.root != Frontier::new().root() || checkpoint.chain != CHAIN_START {
+                self.problem(1, format!("{label} signs size 0 but not the empty log"));
+                return;
+            }
             self.checkpoints_verified += 1;
+            if self.matched_checkpoint.is_none() {
+                self.matched_checkpoint = Some(checkpoint);
+            }
             return;
         }
         self.pending
@@ -282,8 +301,15 @@ impl Verifier {
                 return false;
             }
             self.checkpoints_verified += 1;
+            // Of checkpoints of one size, one that bounds the unsigned tail wins.
+            let bounded =
+                |c: &Option<Checkpoint>| c.as_ref().is_some_and(|c| c.max_unsigned.is_some());
+            if !(self.matched == size && bounded(&self.matched_checkpoint))
+                || checkpoint.max_unsigned.is_some()
+            {
+                self.matched_checkpoint = Some(checkpoint);
+            }
             self.matched = size;
-            self.matched_checkpoint = Some(checkpoint);
         }
         true
     }
@@ -292,6 +318,39 @@ impl Verifier {
         self.problem(sequence, reason);
         self.stopped = true;
         false
+    }
+
+    /// The entries after the newest checkpoint must be no more than it allows (`max-unsigned`),
+    /// and a log with entries must have a checkpoint: a new log's first one is signed at once.
+    fn check_unsigned_tail(&mut self) {
+        let through = self
+            .bounded_through
+            .map_or(self.count, |h| h.min(self.count));
+        match &self.matched_checkpoint {
+            None if through > 0 => self.problem(
+                1,
+                "no signed checkpoint covers the log, although its first checkpoint is signed \
+                 when it is created: checkpoints were deleted (or the log was written by a \
+                 server that signed no first checkpoint)",
+            ),
+            Some(checkpoint) => {
+                if let Some(max) = checkpoint.max_unsigned
+                    && through > checkpoint.size.saturating_add(max)
+                {
+                    let (size, tail) = (checkpoint.size, through - checkpoint.size);
+                    // None of them is signed, so none is proven: the range starts after it.
+                    self.problem(
+                        size + 1,
+                        format!(
+                            "{tail} entries follow the newest checkpoint (size {size}), more \
+                             than the {max} its signer leaves unsigned: checkpoints were \
+                             deleted, or entries added without the signing key"
+                        ),
+                    );
+                }
+            }
+            None => {}
+        }
     }
 
     /// The verdict, once every entry has been fed.
@@ -308,6 +367,9 @@ impl Verifier {
                      were removed from the end, or the store was rolled back"
                 ),
             );
+        }
+        if !self.stopped {
+            self.check_unsigned_tail();
         }
         Report {
             entries: self.count,
@@ -357,6 +419,16 @@ mod tests {
                 .last()
                 .map_or(CHAIN_START, |e| e.chain_hash.clone().try_into().unwrap()),
             time: 1,
+            max_unsigned: None,
+        })
+    }
+
+    /// A checkpoint of `entries` promising at most `max` unsigned entries after it.
+    fn sign_bounded(key: &SigningKey, entries: &[AuditEntry], max: u64) -> String {
+        let legacy = key.public_key().open(&sign(key, entries)).unwrap();
+        key.sign(&Checkpoint {
+            max_unsigned: Some(max),
+            ..legacy
         })
     }
 
@@ -382,6 +454,62 @@ mod tests {
         assert!(report.is_ok(), "{:?}", report.problem);
         assert_eq!((report.entries, report.checkpoints), (25, 2));
         assert_eq!(report.uncovered(), 5);
+    }
+
+    #[test]
+    fn an_unsigned_tail_longer_than_the_bound_is_tampered() {
+        let key = SigningKey::generate("log").unwrap();
+        let entries = log(30);
+        let genesis = sign_bounded(&key, &[], 10);
+        let at_10 = sign_bounded(&key, &entries[..10], 10);
+        // A crash's short tail: unsigned, not tampered.
+        let report = verify(&key, &[genesis.clone(), at_10.clone()], &entries[..20]);
+        assert!(report.is_ok(), "{:?}", report.problem);
+        assert_eq!(report.uncovered(), 10);
+        // Longer than the bound: checkpoints are missing.
+        let report = verify(&key, &[genesis.clone(), at_10], &entries[..21]);
+        let problem = report.problem.unwrap();
+        assert_eq!(problem.sequence, 11);
+        assert!(
+            problem.reason.contains("more than the 10"),
+            "{}",
+            problem.reason
+        );
+        // Every checkpoint after the first one deleted.
+        let report = verify(&key, std::slice::from_ref(&genesis), &entries);
+        assert_eq!(report.problem.unwrap().sequence, 1);
+        // No checkpoint at all.
+        let report = verify(&key, &[], &entries[..5]);
+        assert_eq!(report.problem.unwrap().sequence, 1);
+        // Legacy checkpoints bound nothing.
+        let report = verify(&key, &[sign(&key, &entries[..10])], &entries);
+        assert!(report.is_ok(), "{:?}", report.problem);
+        // A first checkpoint that signs size 0 but not the empty log.
+        let forged = key.sign(&Checkpoint {
+            chain: [1; 32],
+            ..key.public_key().open(&genesis).unwrap()
+        });
+        assert_eq!(verify(&key, &[forged], &[]).problem.unwrap().sequence, 1);
+    }
+
+    #[test]
+    fn a_running_log_holds_only_entries_before_the_listing_to_the_bound() {
+        let key = SigningKey::generate("log").unwrap();
+        let entries = log(30);
+        let notes = [
+            sign_bounded(&key, &[], 10),
+            sign_bounded(&key, &entries[..10], 10),
+        ];
+        let mut verifier = Verifier::new(key.public_key(), KeySource::Trusted);
+        for (i, note) in notes.iter().enumerate() {
+            verifier.checkpoint(i as u64 + 1, note, None);
+        }
+        verifier.bound_tail_through(20);
+        for entry in &entries {
+            assert!(verifier.entry(entry));
+        }
+        let report = verifier.finish();
+        assert!(report.is_ok(), "{:?}", report.problem);
     }
 
     #[test]

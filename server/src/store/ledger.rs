@@ -5,6 +5,14 @@
 //! Hashes are computed by the writer inside the transaction that inserts the entries, so they
 //! cost no extra fsync. A checkpoint that is due is signed into the same transaction; one that
 //! falls due while the log is idle gets a small transaction of its own.
+//!
+//! The server never signs what it has not verified. When the store opens, [`start`] checks the
+//! schema (and, by default, SQLite's integrity check), that the newest checkpoint is signed by
+//! the server's key and matches the stored log at its size, that no more entries follow it than
+//! it allows (`max-unsigned`), that the entries after it still hash, chain and digest as
+//! stored, and that the store still holds what the newest copied checkpoint signs. On any
+//! failure the store opens read-only and says why. A new log gets its first checkpoint (size 0)
+//! at once, so a log without checkpoints has lost them.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -25,17 +33,8 @@ pub const KEY_FILE: &str = "signing.key";
 /// Name of the public key file written beside it, for verifiers.
 pub const PUBLIC_KEY_FILE: &str = "signing.pub";
 
-/// Schema version 2: entry and chain hashes on every row, and signed checkpoints.
-pub(super) const SCHEMA_2: &str = "
-ALTER TABLE entries ADD COLUMN entry_hash BLOB;
-ALTER TABLE entries ADD COLUMN chain_hash BLOB;
-CREATE TABLE checkpoints (
-    idx  INTEGER PRIMARY KEY,
-    size INTEGER NOT NULL,
-    time INTEGER NOT NULL,
-    note TEXT NOT NULL
-) STRICT;
-";
+/// Name of the newest checkpoint's copy in the checkpoint copy directory.
+pub const LATEST_COPY: &str = "latest.note";
 
 /// When and how the store signs checkpoints.
 #[derive(Debug, Clone)]
@@ -49,6 +48,20 @@ pub struct Checkpointing {
     pub every_entries: u64,
     /// A checkpoint is signed at most this long after the first entry it does not cover.
     pub interval: Duration,
+    /// Directory that receives a copy of each checkpoint as it is signed.
+    pub copy_dir: Option<PathBuf>,
+    /// What the start-up verification checks besides checkpoints and the unsigned tail.
+    pub startup_check: StartupCheck,
+}
+
+/// How much of the database the start-up verification reads besides the newest checkpoint's
+/// tail (which it always rehashes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartupCheck {
+    /// The schema and SQLite's integrity check: every index agrees with its table.
+    Full,
+    /// The schema only.
+    Schema,
 }
 
 /// Loads the signing key (generating `signing.key` with mode 0600 on first start) and writes
@@ -189,6 +202,7 @@ pub(super) struct Signer {
     origin: String,
     every_entries: u64,
     interval: Duration,
+    copy_dir: Option<PathBuf>,
     /// The log as committed.
     pub tip: Tip,
     /// Size of the newest checkpoint.
@@ -197,58 +211,266 @@ pub(super) struct Signer {
     uncovered_since: Option<Instant>,
 }
 
-impl Signer {
-    /// Loads the tip from the store (reading every entry hash once) and the newest checkpoint.
-    pub fn load(
-        conn: &Connection,
-        key: SigningKey,
-        options: &Checkpointing,
-    ) -> Result<Self, Error> {
-        let mut tip = Tip {
+/// Verifies the store as it opens (see the module documentation) and loads the signer. Signs a
+/// checkpoint at once when the log has none yet (a new or just migrated log) or when the newest
+/// one allows a different unsigned tail than `--checkpoint-every-entries` now does. Returns the
+/// reason the store must stay read-only, if any; an `Err` is a store that cannot be read.
+pub(super) fn start(
+    conn: &mut Connection,
+    key: SigningKey,
+    options: &Checkpointing,
+    migrated: bool,
+) -> Result<(Signer, Option<String>), Error> {
+    let public = key.public_key();
+    let mut signer = Signer {
+        origin: options.log_name.clone(),
+        every_entries: options.every_entries.max(1),
+        interval: options.interval,
+        copy_dir: options.copy_dir.clone(),
+        key,
+        tip: Tip {
             sequence: 0,
             chain: CHAIN_START,
             tree: Frontier::new(),
-        };
-        {
-            let mut statement = conn.prepare(
-                "SELECT sequence, entry_hash, chain_hash FROM entries ORDER BY sequence",
-            )?;
-            let mut rows = statement.query([])?;
-            while let Some(row) = rows.next()? {
-                let sequence: i64 = row.get(0)?;
-                let hash = hash_column(row.get(1)?);
-                tip.tree.push(&hash);
-                tip.sequence = sequence as u64;
-                tip.chain = hash_column(row.get(2)?);
-            }
+        },
+        signed_size: 0,
+        uncovered_since: None,
+    };
+    if let Some(dir) = &options.copy_dir
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot create the checkpoint copy directory");
+    }
+    let verdict = verify_store(conn, &public, options, migrated, &mut signer);
+    let sign_now = match verdict {
+        Ok(sign_now) => sign_now,
+        Err(reason) => {
+            tracing::error!(
+                %reason,
+                "the store did not verify: it is open read-only, no checkpoint will be signed \
+                 and writes are refused (run `audit verify --data-dir` on a copy)"
+            );
+            return Ok((
+                signer,
+                Some(format!("the log did not verify at start-up: {reason}")),
+            ));
         }
-        let signed_size: i64 = conn.query_row(
-            "SELECT COALESCE((SELECT size FROM checkpoints ORDER BY idx DESC LIMIT 1), 0)",
+    };
+    signer.uncovered_since = signer.behind().then(Instant::now);
+    if sign_now {
+        let tip = signer.tip.clone();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let note = signer.sign(&tx, &tip)?;
+        tx.commit()?;
+        signer.committed(tip, Some(note));
+        tracing::info!(size = signer.signed_size, "signed a checkpoint at start-up");
+    }
+    Ok((signer, None))
+}
+
+/// The start-up verification. `Ok(true)` when a checkpoint must be signed now; `Err` says why
+/// the store may not be written.
+fn verify_store(
+    conn: &Connection,
+    public: &PublicKey,
+    options: &Checkpointing,
+    migrated: bool,
+    signer: &mut Signer,
+) -> Result<bool, String> {
+    let sql = |e: rusqlite::Error| format!("cannot read the store: {e}");
+    audit_ledger::sqlite::check_schema(conn)?;
+    if options.startup_check == StartupCheck::Full {
+        audit_ledger::sqlite::check_integrity(conn)?;
+    }
+    let newest: Option<(i64, i64, String)> = conn
+        .query_row(
+            "SELECT idx, size, note FROM checkpoints ORDER BY idx DESC LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()
+        .map_err(sql)?;
+    let largest: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(size), 0) FROM checkpoints",
             [],
             |row| row.get(0),
-        )?;
-        let signed_size = signed_size as u64;
-        if tip.sequence < signed_size {
-            // Never sign over it: a smaller checkpoint would make the loss look legitimate.
-            tracing::error!(
-                entries = tip.sequence,
-                checkpoint = signed_size,
-                "the store holds fewer entries than its newest checkpoint signs: entries were \
-                 removed or the store was rolled back; no checkpoint is signed until the log \
-                 is longer again (run `audit verify --data-dir`)"
-            );
+        )
+        .map_err(sql)?;
+    let newest = match newest {
+        None => None,
+        Some((index, size, note)) => {
+            let checkpoint = public.open(&note).map_err(|e| {
+                format!("the newest checkpoint #{index} does not verify with the server's key: {e}")
+            })?;
+            if checkpoint.size != size as u64 {
+                return Err(format!(
+                    "checkpoint #{index} is listed with size {size} but signs {}",
+                    checkpoint.size
+                ));
+            }
+            if checkpoint.origin != options.log_name {
+                return Err(format!(
+                    "checkpoint #{index} is for log `{}`, not `{}`",
+                    checkpoint.origin, options.log_name
+                ));
+            }
+            if largest > size {
+                return Err(format!(
+                    "the newest checkpoint #{index} signs {size} entries, fewer than an earlier \
+                     one ({largest}): checkpoints were replaced or the log truncated"
+                ));
+            }
+            Some((index, checkpoint))
         }
-        Ok(Self {
-            origin: options.log_name.clone(),
-            every_entries: options.every_entries.max(1),
-            interval: options.interval,
-            uncovered_since: (tip.sequence > signed_size).then(Instant::now),
-            key,
-            tip,
-            signed_size,
-        })
+    };
+    let copied = match &options.copy_dir {
+        Some(dir) => read_copy(&dir.join(LATEST_COPY), public)?,
+        None => None,
+    };
+
+    // The whole log once: its tree and chain, and both at the sizes to compare.
+    let wanted = [
+        newest.as_ref().map(|(_, c)| c.size),
+        copied.as_ref().map(|c| c.size),
+    ];
+    let mut at: Vec<(u64, Hash, Hash)> = Vec::new();
+    let tip = &mut signer.tip;
+    {
+        let mut statement = conn
+            .prepare("SELECT sequence, entry_hash, chain_hash FROM entries ORDER BY sequence")
+            .map_err(sql)?;
+        let mut rows = statement.query([]).map_err(sql)?;
+        while let Some(row) = rows.next().map_err(sql)? {
+            let sequence = row.get::<_, i64>(0).map_err(sql)? as u64;
+            if sequence != tip.sequence + 1 {
+                return Err(format!(
+                    "entry {} is missing (the next stored entry is {sequence})",
+                    tip.sequence + 1
+                ));
+            }
+            tip.tree.push(&hash_column(row.get(1).map_err(sql)?));
+            tip.sequence = sequence;
+            tip.chain = hash_column(row.get(2).map_err(sql)?);
+            if wanted.contains(&Some(sequence)) {
+                at.push((sequence, tip.tree.root(), tip.chain));
+            }
+        }
+    }
+    let head = tip.sequence;
+    let matches = |checkpoint: &Checkpoint| {
+        checkpoint.size == 0
+            && checkpoint.root == Frontier::new().root()
+            && checkpoint.chain == CHAIN_START
+            || at.contains(&(checkpoint.size, checkpoint.root, checkpoint.chain))
+    };
+
+    if let Some(copy) = &copied {
+        let stored = newest.as_ref().map_or(0, |(_, c)| c.size);
+        if copy.size > head || !matches(copy) {
+            return Err(format!(
+                "the store no longer contains what the copied checkpoint {} signs ({} entries): \
+                 entries were changed or removed, or the store was rolled back",
+                LATEST_COPY, copy.size
+            ));
+        }
+        if copy.size > stored {
+            return Err(format!(
+                "the copied checkpoint signs {} entries but the store's newest checkpoint only \
+                 {stored}: checkpoints were deleted from the store",
+                copy.size
+            ));
+        }
     }
 
+    let Some((index, checkpoint)) = newest else {
+        if head == 0 || migrated {
+            return Ok(true);
+        }
+        return Err(format!(
+            "the store holds {head} entries but no checkpoint: a log's first checkpoint is \
+             signed when it is created, so its checkpoints were deleted"
+        ));
+    };
+    if checkpoint.size > head {
+        return Err(format!(
+            "checkpoint #{index} signs {} entries but the store holds {head}: entries were \
+             removed or the store was rolled back",
+            checkpoint.size
+        ));
+    }
+    if !matches(&checkpoint) {
+        return Err(format!(
+            "checkpoint #{index} (size {}) does not match the stored entries: entries up to it \
+             were changed, inserted or removed",
+            checkpoint.size
+        ));
+    }
+    let tail = head - checkpoint.size;
+    if let Some(max) = checkpoint.max_unsigned
+        && tail > max
+    {
+        return Err(format!(
+            "{tail} entries follow the newest checkpoint #{index} (size {}), more than the {max} \
+             it allows: checkpoints were deleted",
+            checkpoint.size
+        ));
+    }
+    verify_tail(conn, checkpoint.size, checkpoint.chain)?;
+    signer.signed_size = checkpoint.size;
+    Ok(checkpoint.max_unsigned != Some(signer.every_entries))
+}
+
+/// The checkpoint copied to `path` by an earlier run, if there is one.
+fn read_copy(path: &Path, public: &PublicKey) -> Result<Option<Checkpoint>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(note) => public
+            .open(&note)
+            .map(Some)
+            .map_err(|e| format!("the copied checkpoint {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Rehashes the entries after the newest checkpoint (`after`, with chain value `chain`): each
+/// entry's hash, its chain link and its retry digest must be what the server stored.
+fn verify_tail(conn: &Connection, after: u64, mut chain: Hash) -> Result<(), String> {
+    let sql = |e: rusqlite::Error| format!("cannot read the store: {e}");
+    let mut statement = conn
+        .prepare(
+            "SELECT sequence, entry, entry_hash, chain_hash, digest FROM entries \
+             WHERE sequence > ? ORDER BY sequence",
+        )
+        .map_err(sql)?;
+    let mut rows = statement.query([after as i64]).map_err(sql)?;
+    let mut digests = audit_ledger::DigestCheck::default();
+    while let Some(row) = rows.next().map_err(sql)? {
+        let sequence = row.get::<_, i64>(0).map_err(sql)? as u64;
+        let bad = |what: &str| format!("entry {sequence} (not yet signed) {what}");
+        let blob: Vec<u8> = row.get(1).map_err(sql)?;
+        let mut entry = AuditEntry::decode(blob.as_slice())
+            .map_err(|e| bad(&format!("does not decode: {e}")))?;
+        entry.sequence = sequence;
+        let hash = audit_ledger::entry_hash(&entry);
+        if hash_column(row.get(2).map_err(sql)?) != hash {
+            return Err(bad("does not match its entry hash"));
+        }
+        chain = audit_ledger::chain_hash(&chain, &hash);
+        if hash_column(row.get(3).map_err(sql)?) != chain {
+            return Err(bad(
+                "has a chain hash that does not follow from the entries before it",
+            ));
+        }
+        let digest: Vec<u8> = row.get(4).map_err(sql)?;
+        if !digests.matches(&entry, &digest) {
+            return Err(bad("has a retry digest that does not match it"));
+        }
+    }
+    Ok(())
+}
+
+impl Signer {
     /// The public key of the signer.
     pub fn public_key(&self) -> PublicKey {
         self.key.public_key()
@@ -267,8 +489,13 @@ impl Signer {
         self.uncovered_since.map(|since| since + self.interval)
     }
 
-    /// Signs a checkpoint of `tip` and inserts it; the caller commits.
-    pub fn sign(&self, conn: &Connection, tip: &Tip) -> Result<(), rusqlite::Error> {
+    /// Signs a checkpoint of `tip` and inserts it; the caller commits, then passes the returned
+    /// note to [`Signer::committed`].
+    ///
+    /// Its `max-unsigned` is `--checkpoint-every-entries`: a checkpoint is signed in the very
+    /// commit that brings that many entries beyond the newest one, so an honest store never
+    /// holds more (a crash loses no checkpoint its entries committed with).
+    pub fn sign(&self, conn: &Connection, tip: &Tip) -> Result<String, rusqlite::Error> {
         let time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -278,25 +505,37 @@ impl Signer {
             root: tip.tree.root(),
             chain: tip.chain,
             time,
+            max_unsigned: Some(self.every_entries),
         };
+        let note = self.key.sign(&checkpoint);
         conn.prepare_cached("INSERT INTO checkpoints (size, time, note) VALUES (?, ?, ?)")?
-            .execute(rusqlite::params![
-                tip.sequence as i64,
-                time as i64,
-                self.key.sign(&checkpoint)
-            ])?;
-        Ok(())
+            .execute(rusqlite::params![tip.sequence as i64, time as i64, note])?;
+        Ok(note)
     }
 
-    /// Takes `tip` as committed, with a checkpoint of it when `signed`.
-    pub fn committed(&mut self, tip: Tip, signed: bool) {
-        if signed {
+    /// Takes `tip` as committed, with `signed`, the note of a checkpoint of it committed with
+    /// it, which is then copied to the checkpoint copy directory.
+    pub fn committed(&mut self, tip: Tip, signed: Option<String>) {
+        if let Some(note) = signed {
             self.signed_size = tip.sequence;
             self.uncovered_since = None;
+            self.copy_out(tip.sequence, &note);
         } else if tip.sequence > self.signed_size && self.uncovered_since.is_none() {
             self.uncovered_since = Some(Instant::now());
         }
         self.tip = tip;
+    }
+
+    /// Writes `note` to `<size>.note` and `latest.note` in the copy directory, each atomically.
+    /// A failure is logged: the checkpoint is in the store, and the next one is copied again.
+    fn copy_out(&self, size: u64, note: &str) {
+        let Some(dir) = &self.copy_dir else { return };
+        for name in [format!("{size}.note"), LATEST_COPY.to_string()] {
+            let path = dir.join(name);
+            if let Err(error) = write_file(&path, note, 0o644) {
+                tracing::error!(path = %path.display(), %error, "cannot copy a signed checkpoint");
+            }
+        }
     }
 
     /// Whether some committed entries are not covered by a checkpoint.
@@ -406,4 +645,122 @@ pub(super) fn read_tree_hashes(
         hashes.push(tree.root());
     }
     Ok(hashes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::store::Store;
+    use crate::store::sqlite::{Options, SqliteStore};
+    use crate::validate::{self, Context};
+
+    fn options() -> Options {
+        Options {
+            max_pending_bytes: 1 << 20,
+            max_group_entries: 64,
+            read_connections: 1,
+            checkpointing: Checkpointing {
+                signing_key: None,
+                log_name: "test".into(),
+                every_entries: 4,
+                interval: Duration::from_secs(600),
+                copy_dir: None,
+                startup_check: StartupCheck::Full,
+            },
+        }
+    }
+
+    fn entry(i: usize) -> crate::validate::NewEntry {
+        let entry = AuditEntry {
+            source: "billing".into(),
+            method: "/billing.v1.Billing/Charge".into(),
+            outcome: 1,
+            resource: format!("invoices/{i}"),
+            ..Default::default()
+        };
+        let context = Context {
+            received_time: validate::now(),
+            recorder: None,
+        };
+        let mut new =
+            validate::entry(entry, "entry", None, &context, &Limits::default()).expect("valid");
+        new.entry.request_id = format!("r{i}");
+        new
+    }
+
+    /// Opens the store in `dir`, appends `count` entries one at a time, and closes it.
+    async fn write(dir: &Path, count: usize) {
+        let store = SqliteStore::open(dir, &options()).expect("open");
+        assert!(*store.writable().borrow());
+        for i in 0..count {
+            store.append(vec![entry(i)]).await.expect("append");
+        }
+        store.close().await;
+    }
+
+    fn sizes(dir: &Path) -> Vec<i64> {
+        Connection::open(dir.join("audit.db"))
+            .unwrap()
+            .prepare("SELECT size FROM checkpoints ORDER BY idx")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_log_gets_a_first_checkpoint_and_reopens_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 6).await;
+        // At creation, at 4 (in the commit that reached it), and at close.
+        assert_eq!(sizes(dir.path()), [0, 4, 6]);
+        write(dir.path(), 1).await;
+        assert_eq!(sizes(dir.path()), [0, 4, 6, 7]);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_lost_its_checkpoints_opens_read_only_and_signs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 10).await;
+        Connection::open(dir.path().join("audit.db"))
+            .unwrap()
+            .execute("DELETE FROM checkpoints WHERE size > 4", [])
+            .unwrap();
+        let store = SqliteStore::open(dir.path(), &options()).expect("open");
+        assert!(!*store.writable().borrow(), "NOT_SERVING");
+        let error = store.append(vec![entry(99)]).await.unwrap_err();
+        assert!(
+            matches!(&error, Error::ReadOnly(reason) if reason.contains("more than the 4")),
+            "{error}"
+        );
+        // Reads still serve, for the verifier.
+        assert_eq!(*store.head().borrow(), 10);
+        store.close().await;
+        assert_eq!(sizes(dir.path()), [0, 4], "nothing signed at close");
+    }
+
+    #[tokio::test]
+    async fn an_edited_unsigned_entry_is_found_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 6).await;
+        let db = Connection::open(dir.path().join("audit.db")).unwrap();
+        // Entries 5 and 6 as if a crash had left them unsigned, then entry 6 edited.
+        db.execute("DELETE FROM checkpoints WHERE size = 6", [])
+            .unwrap();
+        db.execute(
+            "UPDATE entries SET digest = zeroblob(32) WHERE sequence = 6",
+            [],
+        )
+        .unwrap();
+        drop(db);
+        let store = SqliteStore::open(dir.path(), &options()).expect("open");
+        let error = store.append(vec![entry(99)]).await.unwrap_err();
+        assert!(
+            matches!(&error, Error::ReadOnly(reason) if reason.contains("entry 6 (not yet signed) has a retry digest")),
+            "{error}"
+        );
+        store.close().await;
+    }
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::validate::NewEntry;
 
-pub use ledger::{Checkpointing, StoredCheckpoint};
+pub use ledger::{Checkpointing, StartupCheck, StoredCheckpoint};
 pub use sqlite::SqliteStore;
 
 /// Where a stored entry landed.
@@ -119,6 +119,7 @@ pub trait Store: Send + Sync + 'static {
     /// The sequence of the newest committed entry (0 when empty), updated after each commit.
     fn head(&self) -> watch::Receiver<u64>;
 
-    /// Whether the store accepts writes; turns false for good after a storage failure.
+    /// Whether the store accepts writes: false from the start when its log did not verify as it
+    /// opened, and for good after a storage failure.
     fn writable(&self) -> watch::Receiver<bool>;
 }

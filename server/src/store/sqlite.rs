@@ -31,39 +31,7 @@ use super::{Direction, Page, Read, Receipt, Store};
 use crate::error::Error;
 use crate::validate::{NewEntry, timestamp_nanos};
 
-/// Version of the schema below, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
-
-const SCHEMA: &str = "
-CREATE TABLE entries (
-    sequence    INTEGER PRIMARY KEY,
-    id          BLOB NOT NULL UNIQUE,
-    digest      BLOB NOT NULL,
-    request_id  TEXT NOT NULL,
-    time_ns     INTEGER NOT NULL,
-    received_ns INTEGER NOT NULL,
-    source      TEXT NOT NULL,
-    method      TEXT NOT NULL,
-    event       TEXT NOT NULL,
-    category    TEXT NOT NULL,
-    resource    TEXT NOT NULL,
-    level       INTEGER NOT NULL,
-    outcome     INTEGER NOT NULL,
-    status_code INTEGER NOT NULL,
-    principal   TEXT NOT NULL,
-    spiffe_id   TEXT NOT NULL,
-    labels      TEXT NOT NULL,
-    entry       BLOB NOT NULL
-) STRICT;
-CREATE INDEX entries_time ON entries(time_ns);
-CREATE INDEX entries_received ON entries(received_ns);
-CREATE INDEX entries_request_id ON entries(request_id);
-CREATE INDEX entries_source ON entries(source);
-CREATE INDEX entries_method ON entries(method);
-CREATE INDEX entries_principal ON entries(principal);
-CREATE INDEX entries_spiffe_id ON entries(spiffe_id);
-CREATE INDEX entries_outcome ON entries(outcome);
-";
+use audit_ledger::sqlite::{SCHEMA_1 as SCHEMA, SCHEMA_2, SCHEMA_VERSION};
 
 const INSERT: &str = "INSERT INTO entries (sequence, id, digest, request_id, time_ns, received_ns,
     source, method, event, category, resource, level, outcome, status_code, principal, spiffe_id,
@@ -104,6 +72,8 @@ struct Inner {
     checkpointer: Mutex<Option<Checkpointer>>,
     /// Verifies the store's checkpoints.
     public_key: PublicKey,
+    /// Why the store opened read-only (its log did not verify), if it did.
+    read_only: Option<String>,
     /// Held for the store's lifetime so that no second server writes the same database.
     _lock: File,
 }
@@ -139,7 +109,7 @@ impl SqliteStore {
                 .open(&path)
                 .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
         }
-        let conn = open_writer(&path)?;
+        let (mut conn, migrated) = open_writer(&path)?;
         let checkpointer = Checkpointer::spawn(&path)?;
         // The database file's directory entry must be durable too; SQLite syncs it only for
         // journals.
@@ -153,11 +123,11 @@ impl SqliteStore {
             |row| row.get::<_, i64>(0),
         )? as u64;
         let key = ledger::load_key(data_dir, &options.checkpointing)?;
-        let signer = Signer::load(&conn, key, &options.checkpointing)?;
+        let (signer, read_only) = ledger::start(&mut conn, key, &options.checkpointing, migrated)?;
         let public_key = signer.public_key();
         let readers = Readers::open(&path, options.read_connections.max(1))?;
         let (head_tx, head_rx) = watch::channel(head);
-        let (writable_tx, writable_rx) = watch::channel(true);
+        let (writable_tx, writable_rx) = watch::channel(read_only.is_none());
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let max_pending_bytes = u32::try_from(options.max_pending_bytes)
             .unwrap_or(u32::MAX)
@@ -194,6 +164,7 @@ impl SqliteStore {
                 writer: Mutex::new(Some(handle)),
                 checkpointer: Mutex::new(Some(checkpointer)),
                 public_key,
+                read_only,
                 _lock: lock,
             }),
         })
@@ -256,6 +227,9 @@ impl Checkpointer {
 
 impl Store for SqliteStore {
     async fn append(&self, entries: Vec<NewEntry>) -> Result<Vec<Receipt>, Error> {
+        if let Some(reason) = &self.inner.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
         if !*self.inner.writable.borrow() {
             return Err(Error::StoreFailed(
                 "store failed earlier; restart required".into(),
@@ -377,8 +351,9 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, Error> {
     Ok(lock)
 }
 
-/// Opens the write connection: WAL, synchronous=FULL, schema up to date.
-fn open_writer(path: &Path) -> Result<Connection, Error> {
+/// Opens the write connection: WAL, synchronous=FULL, schema up to date (and whether it was
+/// just migrated from version 1).
+fn open_writer(path: &Path) -> Result<(Connection, bool), Error> {
     let mut conn = Connection::open(path)
         .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -386,32 +361,32 @@ fn open_writer(path: &Path) -> Result<Connection, Error> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Checkpoints run on their own thread (`Checkpointer`), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    migrate(&mut conn)?;
-    Ok(conn)
+    let migrated = migrate(&mut conn)?;
+    Ok((conn, migrated))
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), Error> {
+fn migrate(conn: &mut Connection) -> Result<bool, Error> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     match version {
         0 => {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SCHEMA)?;
-            tx.execute_batch(ledger::SCHEMA_2)?;
+            tx.execute_batch(SCHEMA_2)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
-            Ok(())
+            Ok(false)
         }
         1 => {
             // Version 2 hashes every entry stored so far into the chain.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(ledger::SCHEMA_2)?;
+            tx.execute_batch(SCHEMA_2)?;
             ledger::hash_existing_rows(&tx)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
             tracing::info!("store migrated to schema version 2: entries hashed and chained");
-            Ok(())
+            Ok(true)
         }
-        SCHEMA_VERSION => Ok(()),
+        SCHEMA_VERSION => Ok(false),
         newer => Err(Error::StoreFailed(format!(
             "database schema version {newer} is newer than this server's ({SCHEMA_VERSION})"
         ))),
@@ -563,11 +538,11 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .and_then(|tx| {
-                self.signer.sign(&tx, &tip)?;
-                tx.commit()
+                let note = self.signer.sign(&tx, &tip)?;
+                tx.commit().map(|()| note)
             });
         match signed {
-            Ok(()) => self.signer.committed(tip, true),
+            Ok(note) => self.signer.committed(tip, Some(note)),
             Err(error) => {
                 tracing::error!(%error, "signing a checkpoint failed; refusing further writes");
                 self.writable.send_replace(false);
@@ -598,10 +573,10 @@ impl Writer {
             outcomes.push(outcome);
         }
         // A due checkpoint rides on this commit: no extra fsync.
-        let signed = self.signer.due(&tip);
-        if signed {
-            self.signer.sign(&tx, &tip)?;
-        }
+        let signed = match self.signer.due(&tip) {
+            true => Some(self.signer.sign(&tx, &tip)?),
+            false => None,
+        };
         tx.commit()?;
         self.next_sequence = next;
         self.signer.committed(tip, signed);
@@ -731,7 +706,7 @@ pub struct DirectWriter {
 impl DirectWriter {
     /// Opens (creating if needed) `audit.db` in `data_dir`, which no server may be using.
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
-        let conn = open_writer(&data_dir.join("audit.db"))?;
+        let (conn, _) = open_writer(&data_dir.join("audit.db"))?;
         let head: i64 = conn.query_row(
             "SELECT COALESCE(MAX(sequence), 0) FROM entries",
             [],
@@ -929,6 +904,8 @@ mod tests {
                 log_name: "test".into(),
                 every_entries: 10,
                 interval: std::time::Duration::from_secs(60),
+                copy_dir: None,
+                startup_check: ledger::StartupCheck::Full,
             },
         };
         let store = SqliteStore::open(dir.path(), &options).expect("open");
