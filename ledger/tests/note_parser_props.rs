@@ -12,8 +12,9 @@ prop_compose! {
         root in any::<[u8; 32]>(),
         chain in any::<[u8; 32]>(),
         time in any::<u64>(),
+        max_unsigned in any::<Option<u64>>(),
     ) -> Checkpoint {
-        Checkpoint { origin, size, root, chain, time }
+        Checkpoint { origin, size, root, chain, time, max_unsigned }
     }
 }
 
@@ -21,7 +22,7 @@ prop_compose! {
 fn note_like() -> impl Strategy<Value = String> {
     prop_oneof![
         "\\PC{0,120}",
-        "[a-z]{1,8}\n[0-9]{1,4}\n[A-Za-z0-9+/=]{0,44}\nchain [A-Za-z0-9+/=]{0,44}\ntime [0-9]{1,5}\n(\n\u{2014} [a-z]{1,8} [A-Za-z0-9+/=]{0,90}\n)?",
+        "[a-z]{1,8}\n[0-9]{1,4}\n[A-Za-z0-9+/=]{0,44}\nchain [A-Za-z0-9+/=]{0,44}\ntime [0-9]{1,5}\n(max-unsigned [0-9]{1,5}\n)?(\n\u{2014} [a-z]{1,8} [A-Za-z0-9+/=]{0,90}\n)?",
         "(PRIVATE\\+KEY\\+)?[a-z]{0,8}\\+[0-9a-f]{0,8}\\+[A-Za-z0-9+/=]{0,60}",
     ]
 }

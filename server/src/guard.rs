@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use crate::access::{Access, Refusal};
 use crate::config::Limits;
-use crate::error::Error;
 use crate::policy::Permission;
 use crate::store::Store;
 use crate::validate::{self, Context as EntryContext};
@@ -55,14 +54,10 @@ impl<S: Store> RefusalRecorder<S> {
             received_time: validate::now(),
             recorder: recorder.peer.is_some().then_some(recorder),
         };
-        let recorded = match validate::entry(entry, "entry", None, &context, &self.limits) {
-            Ok(mut new) => {
-                new.entry.request_id = Uuid::now_v7().hyphenated().to_string();
-                self.store.append(vec![new]).await.map(drop)
-            }
-            Err(violations) => Err(Error::InvalidArgument(violations)),
-        };
-        if let Err(error) = recorded {
+        // The server's own entry: cut to the limits rather than refused by them.
+        let mut new = validate::own_entry(entry, &context, &self.limits);
+        new.entry.request_id = Uuid::now_v7().hyphenated().to_string();
+        if let Err(error) = self.store.append(vec![new]).await {
             tracing::error!(%error, "could not record a refused call");
         }
     }

@@ -7,13 +7,13 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+mod codec_status;
 pub mod config;
 pub mod error;
 pub mod evidence;
 pub mod guard;
 pub mod hub;
 pub mod listen;
-mod message_limit;
 mod page_token;
 pub mod policy;
 pub mod serve;
@@ -140,7 +140,7 @@ impl AuditServer {
             .add_service(reflection_v1alpha)
             .add_service(audit);
         let service = tower::ServiceBuilder::new()
-            .map_response(message_limit::over_limit_is_resource_exhausted::<tonic::body::Body>)
+            .map_response(codec_status::contract_status::<tonic::body::Body>)
             .service(guard::Guarded::new(
                 routes,
                 access,

@@ -20,6 +20,7 @@ use crate::access::Access;
 use crate::config::Limits;
 use crate::error::{Error, Violation};
 use crate::evidence;
+use crate::guard::RefusalRecorder;
 use crate::hub::{Hub, SubscriptionStream};
 use crate::page_token;
 use crate::policy::Permission;
@@ -42,12 +43,14 @@ pub struct AuditService<S> {
     hub: Hub<S>,
     limits: Arc<Limits>,
     access: Arc<Access>,
+    refusals: RefusalRecorder<S>,
 }
 
 impl<S: Store + Clone> AuditService<S> {
     /// The service storing into `store`, streaming through `hub`, guarded by `access`.
     pub fn new(store: S, hub: Hub<S>, limits: Arc<Limits>, access: Arc<Access>) -> Self {
         Self {
+            refusals: RefusalRecorder::new(store.clone(), limits.clone()),
             store,
             hub,
             limits,
@@ -67,15 +70,7 @@ impl<S: Store + Clone> AuditService<S> {
             Ok(peer) => return Ok(peer),
             Err(refusal) => refusal,
         };
-        if let Some(entry) = refusal.entry {
-            // The server's own entry: cut to the limits rather than refused by them.
-            let context = Self::context(&refusal.peer);
-            let mut new = validate::own_entry(entry, &context, &self.limits);
-            new.entry.request_id = Uuid::now_v7().hyphenated().to_string();
-            if let Err(error) = self.store.append(vec![new]).await {
-                tracing::error!(%error, "could not record a refused call");
-            }
-        }
+        self.refusals.record(&refusal).await;
         Err(refusal.status)
     }
 

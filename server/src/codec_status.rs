@@ -21,7 +21,7 @@ const DECODE_FAILED: &str = "failed to decode Protobuf message: ";
 /// Rewrites the status of a response refusing a request message that is too large
 /// (`RESOURCE_EXHAUSTED`) or cannot be decoded (`INVALID_ARGUMENT`); every other response passes
 /// unchanged.
-pub fn over_limit_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+pub fn contract_status<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
     let code = headers.get("grpc-status").map(|code| code.as_bytes());
     if !matches!(code, Some(b"11" | b"13")) {
@@ -108,7 +108,7 @@ mod tests {
     }
 
     fn refused(status: Status) -> Status {
-        let response = over_limit_is_resource_exhausted(status.into_http::<()>());
+        let response = contract_status(status.into_http::<()>());
         Status::from_header_map(response.headers()).expect("a status")
     }
 
