@@ -12,6 +12,7 @@ export interface FieldViolation {
 }
 
 const BAD_REQUEST = "google.rpc.BadRequest";
+const UNREACHABLE = new Set(["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EAI_AGAIN", "ENOTFOUND"]);
 
 /**
  * A failed call: the gRPC status `code` (Connect's `Code`, the same numbers as gRPC), the
@@ -48,7 +49,11 @@ export class AuditError extends Error {
         violations.push(...decodeBadRequest(detail.value));
       }
     }
-    return new AuditError(connect.code, connect.rawMessage, violations, err);
+    // A socket that cannot connect is UNAVAILABLE, as in gRPC (Connect says INTERNAL for a
+    // missing Unix socket, as when the server is restarting).
+    const system = (connect.cause as { code?: unknown } | undefined)?.code;
+    const code = typeof system === "string" && UNREACHABLE.has(system) ? Code.Unavailable : connect.code;
+    return new AuditError(code, connect.rawMessage, violations, err);
   }
 }
 

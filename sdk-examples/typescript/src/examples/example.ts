@@ -23,7 +23,7 @@ import {
 } from "../index.js";
 import { check, deadline, ExampleFailed, ok, sameList } from "./check.js";
 import { grpcJsInterop } from "./grpc-js-client.js";
-import { keystoreExample } from "./keystore.js";
+import { failureModes, keystoreExample } from "./keystore.js";
 
 const SUBSCRIBE_TIMEOUT_MS = 10_000;
 const UUIDV7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -282,6 +282,7 @@ async function run(address: string): Promise<void> {
     await checkHealth(audit);
     await grpcJsInterop(address, runId);
     await keystoreExample(audit, address, runId);
+    await failureModes(runId);
   } finally {
     audit.close();
   }

@@ -24,10 +24,12 @@ type Callback<T> = (err: grpc.ServiceError | null, response?: T) => void;
 
 // === the service ===
 
-function keyStore(): grpc.UntypedServiceImplementation {
+/** The key store's handlers; `handled` counts the calls that reached them. */
+function keyStore(handled: { calls: number }): grpc.UntypedServiceImplementation {
   const keys = new Map<string, string>();
   return {
     Create(call: grpc.ServerUnaryCall<{ key?: Key }, Key>, callback: grpc.sendUnaryData<Key>) {
+      handled.calls++;
       const key = call.request.key ?? { name: "", value: "" };
       AuditHandle.of(call)?.annotate({ event: "KEY_CREATED", category: "KEY_MANAGEMENT", resource: `keys/${key.name}` });
       if (keys.has(key.name)) return callback({ code: grpc.status.ALREADY_EXISTS, details: `key ${key.name} exists` });
@@ -112,22 +114,48 @@ function user(name: string, requestId?: string): grpc.Metadata {
   return metadata;
 }
 
-export async function keystoreExample(audit: AuditClient, address: string, runId: string): Promise<void> {
-  const source = `typescript-keystore-${runId}`;
-  const recorder = new Recorder(AuditClient.connect(address), { source });
-  const server = new grpc.Server({
-    interceptors: [auditInterceptor(recorder, { principalFromHeader: "x-user", exclude: ["/grpc.health.v1.Health/*"] })],
-  });
+interface Running {
+  client: KeyStoreClient;
+  port: number;
+  handled: { calls: number };
+  stop(): Promise<void>;
+}
+
+/** Starts the key store behind `interceptor` on 127.0.0.1:0, with a client for it. */
+async function startKeyStore(interceptor: grpc.ServerInterceptor): Promise<Running> {
+  const server = new grpc.Server({ interceptors: [interceptor] });
   const definition = protoLoader.loadSync("keystore/v1/keystore.proto", { includeDirs: [PROTO_DIR], defaults: true });
   const pkg = grpc.loadPackageDefinition(definition) as unknown as {
     keystore: { v1: { KeyStore: grpc.ServiceClientConstructor } };
   };
-  server.addService(pkg.keystore.v1.KeyStore.service, keyStore());
+  const handled = { calls: 0 };
+  server.addService(pkg.keystore.v1.KeyStore.service, keyStore(handled));
   server.addService(HEALTH, { Check: (_: unknown, callback: grpc.sendUnaryData<Buffer>) => callback(null, Buffer.from([0x08, 0x01])) });
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))),
   );
   const client = new pkg.keystore.v1.KeyStore(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as KeyStoreClient;
+  return {
+    client,
+    port,
+    handled,
+    async stop() {
+      client.close();
+      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      server.forceShutdown();
+    },
+  };
+}
+
+const create = (client: KeyStoreClient, name: string) =>
+  unary<Key>((m, cb) => client.Create({ key: { name, value: "v" } }, m, cb), user("alice"));
+
+export async function keystoreExample(audit: AuditClient, address: string, runId: string): Promise<void> {
+  const source = `typescript-keystore-${runId}`;
+  const recorder = new Recorder(AuditClient.connect(address), { source });
+  const { client, port, stop } = await startKeyStore(
+    auditInterceptor(recorder, { principalFromHeader: "x-user", exclude: ["/grpc.health.v1.Health/*"] }),
+  );
   try {
     // 1. OK, with the caller's x-request-id: kept and returned.
     const createId = `create-${runId}`;
@@ -212,9 +240,49 @@ export async function keystoreExample(audit: AuditClient, address: string, runId
         `request_id ${batch.requestId}, health excluded), caller ${callerAddress}`,
     );
   } finally {
-    client.close();
-    await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-    server.forceShutdown();
+    await stop();
     await recorder.close(5_000);
   }
+}
+
+/**
+ * With the audit service unreachable: fail-open serves every call and counts the entries it
+ * could not queue; fail-closed answers UNAVAILABLE once the deadline passes, then refuses calls
+ * before their handler runs.
+ */
+export async function failureModes(runId: string): Promise<void> {
+  const nowhere = () => AuditClient.connect(`unix:/nonexistent/audit-${runId}.sock`, { retry: { maxAttempts: 1 }, timeoutMs: 500 });
+  const quiet = { onError: () => {} };
+
+  const openRecorder = new Recorder(nowhere(), { source: "keystore", queueCapacity: 2, ...quiet });
+  const open = await startKeyStore(auditInterceptor(openRecorder));
+  try {
+    for (const name of ["a", "b", "c", "d"]) {
+      const result = await create(open.client, name);
+      check(result.error === null, `fail-open Create ${name}: ${result.error?.message}, want OK while the audit service is down`);
+    }
+    const stats = openRecorder.stats();
+    check(stats.dropped === 2 && stats.queued === 2, `fail-open recorder: ${JSON.stringify(stats)}, want 2 queued and 2 dropped`);
+  } finally {
+    await open.stop();
+    await openRecorder.close(0);
+  }
+
+  const closedRecorder = new Recorder(nowhere(), { source: "keystore", initialBackoffMs: 50, ...quiet });
+  const closed = await startKeyStore(auditInterceptor(closedRecorder, { failure: { mode: "closed", deadlineMs: 300 } }));
+  try {
+    const held = await create(closed.client, "x");
+    check(
+      held.error?.code === grpc.status.UNAVAILABLE && held.error.details === "audit trail unavailable",
+      `fail-closed Create: ${held.error?.message ?? "OK"}, want UNAVAILABLE audit trail unavailable`,
+    );
+    check(closed.handled.calls === 1, `fail-closed: the first call reached the handler ${closed.handled.calls} times, want 1`);
+    const refused = await create(closed.client, "y");
+    check(refused.error?.code === grpc.status.UNAVAILABLE, `fail-closed second Create: ${refused.error?.message ?? "OK"}, want UNAVAILABLE`);
+    check(closed.handled.calls === 1, "fail-closed: the handler ran while the audit trail was known to be down");
+  } finally {
+    await closed.stop();
+    await closedRecorder.close(0);
+  }
+  ok("failure", "audit service down: fail-open served 4 calls (2 queued, 2 dropped and counted); fail-closed held the status 300 ms then UNAVAILABLE, then refused before the handler");
 }

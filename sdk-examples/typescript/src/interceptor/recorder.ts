@@ -64,6 +64,7 @@ export class Recorder {
   private unreachable = false;
   private idleWaiters: (() => void)[] = [];
   private closed = false;
+  private abandoned = false;
 
   constructor(
     private readonly client: AuditClient,
@@ -125,10 +126,24 @@ export class Recorder {
     });
   }
 
-  /** Stops accepting entries and delivers what is queued (up to `timeoutMs`). */
+  /**
+   * Stops accepting entries and delivers what is queued, waiting up to `timeoutMs`; what is
+   * still undelivered then is given up and counted as dropped. Resolves to whether everything
+   * was delivered. Call it before the process exits: retry timers do not keep Node alive.
+   */
   async close(timeoutMs = 10_000): Promise<boolean> {
     this.closed = true;
-    return this.flush(timeoutMs);
+    const delivered = await this.flush(timeoutMs);
+    if (!delivered) {
+      this.abandoned = true;
+      for (const pending of this.queue.splice(0)) this.giveUp(pending);
+    }
+    return delivered;
+  }
+
+  private giveUp(pending: Pending): void {
+    this.counters.dropped += pending.entries.length;
+    pending.settle?.(false);
   }
 
   private async drain(): Promise<void> {
@@ -170,8 +185,12 @@ export class Recorder {
             return;
           }
           this.unreachable = true;
+          if (this.abandoned) {
+            this.giveUp(pending);
+            return;
+          }
           this.counters.retries++;
-          await new Promise((resolve) => setTimeout(resolve, backoff));
+          await new Promise((resolve) => setTimeout(resolve, backoff).unref());
           backoff = Math.min(backoff * 2, this.maxBackoffMs);
         }
       }
