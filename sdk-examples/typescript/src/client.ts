@@ -1,7 +1,7 @@
 // AuditClient: the audit.v1.AuditService over Connect's gRPC transport for Node, with
 // client-chosen ids and retries for writes, paging for queries and resuming subscriptions.
 
-import { connect as netConnect } from "node:net";
+import { isIP, connect as netConnect } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import type { SecureClientSessionOptions } from "node:http2";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
@@ -251,7 +251,10 @@ export class AuditClient {
 }
 
 function tlsSettings(tls: TlsOptions, host: string): SecureClientSessionOptions {
-  const settings: SecureClientSessionOptions = { servername: tls.serverName ?? host, ALPNProtocols: ["h2"] };
+  const settings: SecureClientSessionOptions = { ALPNProtocols: ["h2"] };
+  // SNI carries host names only (RFC 6066); an IP address is checked against the certificate's IP SANs.
+  const serverName = tls.serverName ?? (isIP(host) === 0 ? host : undefined);
+  if (serverName !== undefined) settings.servername = serverName;
   if (tls.ca !== undefined) settings.ca = tls.ca;
   if (tls.cert !== undefined) settings.cert = tls.cert;
   if (tls.key !== undefined) settings.key = tls.key;

@@ -56,7 +56,7 @@ const UNAVAILABLE_DETAILS = "audit trail unavailable";
  * status code and message; the latency; and the request id, the caller's `x-request-id` or a
  * generated UUIDv7, returned in the `x-request-id` response header (or trailer, for a
  * trailers-only response). A call that ends without a status (cancelled, connection lost) is
- * recorded as CANCELLED. Handlers reach the call's `AuditHandle` with `AuditHandle.of(call)`.
+ * recorded as CANCELLED, or DEADLINE_EXCEEDED once its deadline has passed. Handlers reach the call's `AuditHandle` with `AuditHandle.of(call)`.
  *
  * ```ts
  * const recorder = new Recorder(AuditClient.connect("unix:/run/audit.sock"), { source: "keystore" });
@@ -133,7 +133,13 @@ export function auditInterceptor(recorder: Recorder, options: AuditInterceptorOp
             nextMetadata(metadata);
           },
           onCancel() {
-            if (!finished) void finish(Status.CANCELLED, "cancelled");
+            // Ended without a status through this interceptor: the client cancelled, the
+            // connection was lost, or grpc-js answered by itself (deadline, undecodable request).
+            if (finished) return;
+            const deadline = call.getDeadline();
+            const at = deadline instanceof Date ? deadline.getTime() : deadline;
+            if (Number.isFinite(at) && Date.now() >= at) void finish(Status.DEADLINE_EXCEEDED, "deadline exceeded");
+            else void finish(Status.CANCELLED, "cancelled");
           },
         });
       },
