@@ -1,6 +1,6 @@
 // The example key store, a @grpc/grpc-js service audited by auditInterceptor: started on
-// 127.0.0.1:0, called (an OK call, an error, a server-streaming call, a batch call, an excluded
-// health check), then its entries are read back from the audit service and checked exactly.
+// 127.0.0.1:0, called (an OK call, an error, a server-streaming call, one cancelled by the
+// caller, a batch call, an excluded health check), then its entries are read back from the audit service and checked exactly.
 
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
@@ -65,6 +65,11 @@ function keyStore(handled: { calls: number }): grpc.UntypedServiceImplementation
       for (const [name, value] of [...keys].sort()) if (name.startsWith(call.request.prefix)) call.write({ name, value });
       call.end();
     },
+    Watch(call: grpc.ServerWritableStream<{ prefix: string }, Key>) {
+      AuditHandle.of(call)?.annotate({ event: "KEYS_WATCHED", category: "KEY_MANAGEMENT", resource: `keys/${call.request.prefix}*` });
+      for (const [name, value] of [...keys].sort()) if (name.startsWith(call.request.prefix)) call.write({ name, value });
+      // Open until the caller cancels.
+    },
   };
 }
 
@@ -88,6 +93,7 @@ interface KeyStoreClient extends grpc.Client {
   Delete(request: { name: string }, metadata: grpc.Metadata, callback: Callback<object>): grpc.ClientUnaryCall;
   BatchDelete(request: { names: string[] }, metadata: grpc.Metadata, callback: Callback<{ deleted: string[] }>): grpc.ClientUnaryCall;
   List(request: { prefix: string }, metadata: grpc.Metadata): grpc.ClientReadableStream<Key>;
+  Watch(request: { prefix: string }, metadata: grpc.Metadata): grpc.ClientReadableStream<Key>;
 }
 
 /** Calls a unary method; resolves to its error (or null), its response, and the x-request-id header or trailer. */
@@ -177,12 +183,19 @@ export async function keystoreExample(audit: AuditClient, address: string, runId
       stream.on("end", () => resolve());
     });
     check(sameList(listed, ["alpha", "beta"]), `List streamed [${listed.join(", ")}], want [alpha, beta]`);
-    // 4. A batch call: one entry per operation, sharing the call's generated request id.
+    // 4. A server-streaming call the caller cancels after the first message.
+    await new Promise<void>((resolve, reject) => {
+      const stream = client.Watch({ prefix: "al" }, user("alice"));
+      stream.once("data", () => stream.cancel());
+      stream.on("error", (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED ? resolve() : reject(err)));
+      stream.on("end", () => reject(new Error("Watch ended by itself")));
+    });
+    // 5. A batch call: one entry per operation, sharing the call's generated request id.
     const batch = await unary<{ deleted: string[] }>((m, cb) => client.BatchDelete({ names: ["alpha", "beta", "locked/gamma"] }, m, cb), user("carol"));
     check(batch.error === null, `BatchDelete failed: ${batch.error?.message}`);
     check(sameList(batch.response?.deleted ?? [], ["alpha", "beta"]), `BatchDelete deleted [${batch.response?.deleted.join(", ")}]`);
     check(UUIDV7.test(batch.requestId), `BatchDelete returned x-request-id "${batch.requestId}", want a generated UUIDv7`);
-    // 5. Excluded: not audited.
+    // 6. Excluded: not audited.
     const health = await unary<Buffer>(
       (m, cb) => client.makeUnaryRequest("/grpc.health.v1.Health/Check", (b: Buffer) => b, (b: Buffer) => b, Buffer.alloc(0), m, cb),
       new grpc.Metadata(),
@@ -193,8 +206,15 @@ export async function keystoreExample(audit: AuditClient, address: string, runId
     const stats = recorder.stats();
     check(stats.dropped === 0 && stats.rejected === 0, `recorder dropped ${stats.dropped} and had ${stats.rejected} refused`);
 
-    const stored: AuditEntry[] = [];
-    for await (const entry of audit.query({ source })) stored.push(entry);
+    // The server learns of the cancelled Watch asynchronously: wait (up to 5 s) for all nine.
+    let stored: AuditEntry[] = [];
+    for (const end = Date.now() + 5_000; ; ) {
+      stored = [];
+      for await (const entry of audit.query({ source })) stored.push(entry);
+      if (stored.length >= 9 || Date.now() > end) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await recorder.flush(1_000);
+    }
     const describe = (e: AuditEntry) =>
       `${e.method.slice(SERVICE.length + 1)} ${e.resource || "-"} ${Outcome[e.outcome]} ${e.statusCode} ${e.caller?.principal}`;
     const want = [
@@ -202,6 +222,7 @@ export async function keystoreExample(audit: AuditClient, address: string, runId
       `Create keys/beta SUCCESS 0 alice`,
       `Delete keys/missing ERROR 5 bob`,
       `List keys/* SUCCESS 0 alice`,
+      `Watch keys/al* ERROR 1 alice`,
       `BatchDelete - SUCCESS 0 carol`,
       `BatchDelete keys/alpha SUCCESS 0 carol`,
       `BatchDelete keys/beta SUCCESS 0 carol`,
@@ -236,7 +257,7 @@ export async function keystoreExample(audit: AuditClient, address: string, runId
     check(stored.every((e) => (e.caller?.userAgent ?? "").startsWith("grpc-node-js/")), "an entry lacks the caller's user agent");
     ok(
       "audited",
-      `key store on 127.0.0.1:${port}: ${stored.length} entries as expected (OK, NOT_FOUND, stream, batch of 3 sharing ` +
+      `key store on 127.0.0.1:${port}: ${stored.length} entries as expected (OK, NOT_FOUND, stream, cancelled stream, batch of 3 sharing ` +
         `request_id ${batch.requestId}, health excluded), caller ${callerAddress}`,
     );
   } finally {
