@@ -82,6 +82,7 @@ export function auditInterceptor(recorder: Recorder, options: AuditInterceptorOp
     let handle: AuditHandle | undefined;
     let headersSent = false;
     let finished = false;
+    let refused = false;
 
     /** Queues the call's entries; resolves to whether they were stored (fail-closed only). */
     const finish = (code: number, details: string): Promise<boolean> => {
@@ -102,7 +103,7 @@ export function auditInterceptor(recorder: Recorder, options: AuditInterceptorOp
       entry.caller = annotatedCaller === undefined ? handle.caller : toCaller(annotatedCaller);
       if (principal !== undefined) entry.caller.principal = principal;
       const entries = [entry, ...operations];
-      if (failure.mode === "open") {
+      if (failure.mode === "open" || refused) {
         recorder.enqueue(handle.requestId, entries);
         return Promise.resolve(true);
       }
@@ -126,7 +127,8 @@ export function auditInterceptor(recorder: Recorder, options: AuditInterceptorOp
             handle = new AuditHandle(requestId, method, caller, time, (id, entries) => recorder.enqueue(id, entries));
             AuditHandle.attach(metadata, handle);
             if (failure.mode === "closed" && !recorder.accepting) {
-              // The handler never runs; the refusal is the call's entry.
+              // The handler never runs; the refusal is the call's entry, queued without waiting.
+              refused = true;
               intercepting.sendStatus({ code: Status.UNAVAILABLE, details: UNAVAILABLE_DETAILS });
               return;
             }

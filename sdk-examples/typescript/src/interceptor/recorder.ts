@@ -19,6 +19,8 @@ export interface RecorderOptions {
   queueCapacity?: number;
   /** Queued calls one drain sends concurrently (default 64). */
   drainSize?: number;
+  /** Most entries in one RecordBatch (default 1000, the server's default limit). */
+  maxBatchEntries?: number;
   /** Deadline of each delivery attempt (default 5 s). */
   attemptTimeoutMs?: number;
   /** First wait after a failed delivery, doubled up to `maxBackoffMs` (defaults 100 ms, 5 s). */
@@ -54,6 +56,7 @@ export class Recorder {
   private readonly queue: Pending[] = [];
   private readonly capacity: number;
   private readonly drainSize: number;
+  private readonly maxBatchEntries: number;
   private readonly attemptTimeoutMs: number;
   private readonly initialBackoffMs: number;
   private readonly maxBackoffMs: number;
@@ -73,6 +76,7 @@ export class Recorder {
     this.source = options.source;
     this.capacity = Math.max(1, options.queueCapacity ?? 4096);
     this.drainSize = Math.max(1, options.drainSize ?? 64);
+    this.maxBatchEntries = Math.max(1, options.maxBatchEntries ?? 1000);
     this.attemptTimeoutMs = options.attemptTimeoutMs ?? 5_000;
     this.initialBackoffMs = options.initialBackoffMs ?? 100;
     this.maxBackoffMs = Math.max(this.initialBackoffMs, options.maxBackoffMs ?? 5_000);
@@ -162,40 +166,50 @@ export class Recorder {
     for (const wake of waiters) wake();
   }
 
-  /** Sends one call's batch until it is stored or refused; retryable failures wait and retry. */
+  /**
+   * Sends one call's entries until they are stored or refused; retryable failures wait and
+   * retry (safe: the ids are the client's). A call with more than `maxBatchEntries` entries is
+   * sent as several batches sharing its request id, atomic each.
+   */
   private async deliver(pending: Pending): Promise<void> {
-    let backoff = this.initialBackoffMs;
     try {
-      for (;;) {
-        try {
-          const receipt = await this.client.recordBatch(pending.entries, {
-            requestId: pending.requestId,
-            timeoutMs: this.attemptTimeoutMs,
-          });
-          this.counters.delivered += receipt.ids.length;
-          this.unreachable = false;
-          pending.settle?.(true);
-          return;
-        } catch (err) {
-          const error = AuditError.from(err);
-          if (!error.retryable) {
-            this.counters.rejected += pending.entries.length;
-            this.onError(error, pending.entries);
-            pending.settle?.(false);
-            return;
-          }
-          this.unreachable = true;
-          if (this.abandoned) {
-            this.giveUp(pending);
-            return;
-          }
-          this.counters.retries++;
-          await new Promise((resolve) => setTimeout(resolve, backoff).unref());
-          backoff = Math.min(backoff * 2, this.maxBackoffMs);
-        }
+      for (let start = 0; start < pending.entries.length; start += this.maxBatchEntries) {
+        const chunk = pending.entries.slice(start, start + this.maxBatchEntries);
+        if (!(await this.deliverChunk(pending, chunk))) return;
       }
+      pending.settle?.(true);
     } finally {
       this.inFlight--;
+    }
+  }
+
+  /** Whether `chunk` was stored; false after a refusal or when given up (already counted). */
+  private async deliverChunk(pending: Pending, chunk: AuditEntry[]): Promise<boolean> {
+    let backoff = this.initialBackoffMs;
+    for (;;) {
+      try {
+        const receipt = await this.client.recordBatch(chunk, { requestId: pending.requestId, timeoutMs: this.attemptTimeoutMs });
+        this.counters.delivered += receipt.ids.length;
+        this.unreachable = false;
+        return true;
+      } catch (err) {
+        const error = AuditError.from(err);
+        if (!error.retryable) {
+          this.counters.rejected += chunk.length;
+          this.onError(error, chunk);
+          pending.settle?.(false);
+          return false;
+        }
+        this.unreachable = true;
+        if (this.abandoned) {
+          this.counters.dropped += chunk.length;
+          pending.settle?.(false);
+          return false;
+        }
+        this.counters.retries++;
+        await new Promise((resolve) => setTimeout(resolve, backoff).unref());
+        backoff = Math.min(backoff * 2, this.maxBackoffMs);
+      }
     }
   }
 }
