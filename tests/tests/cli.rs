@@ -752,3 +752,90 @@ async fn invisible_characters_and_column_padding_are_shown() {
     let columns: Vec<&str> = line.split("  ").filter(|c| !c.trim().is_empty()).collect();
     assert_eq!(columns.len(), 7, "{line}");
 }
+
+#[tokio::test]
+async fn query_and_tail_print_every_format_and_templates() {
+    let server = seeded_server().await;
+    let uri = server.uri();
+    let cef = audit_ok(
+        &uri,
+        &["query", "--format", "cef", "--outcome", "denied"],
+        None,
+    )
+    .await;
+    assert!(
+        cef.starts_with("CEF:0|audit|audit-server|")
+            && cef.contains("|/kms.v1.Kms/Delete|/kms.v1.Kms/Delete|3|")
+            && cef.contains(" suser=mallory ")
+            && cef.trim_end().lines().count() == 1,
+        "{cef}"
+    );
+    for format in ["logstash", "ecs", "ocsf", "json"] {
+        let out = audit_ok(&uri, &["query", "--format", format], None).await;
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{format}: {e}")))
+            .collect();
+        assert_eq!(lines.len(), 4, "{format}: {out}");
+    }
+    let httpd = audit_ok(
+        &uri,
+        &["query", "--format", "httpd-common", "--limit", "1"],
+        None,
+    )
+    .await;
+    assert!(
+        httpd.contains(r#" - alice ["#)
+            && httpd.contains(r#""/billing.v1.Billing/Charge invoices/1" 0 -"#),
+        "{httpd}"
+    );
+    let template = audit_ok(
+        &uri,
+        &[
+            "query",
+            "--template",
+            "#%{sequence:03d} %{caller.principal:q} %{labels.env} %{status_name} %{labels.none}",
+            "--no-value",
+            "n/a",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        template,
+        "#001 \"alice\" prod OK n/a\n#002 \"mallory\" prod PERMISSION_DENIED n/a\n\
+         #003 n/a dev INTERNAL n/a\n#004 n/a prod OK n/a\n"
+    );
+    let tailed = audit_ok(
+        &uri,
+        &[
+            "tail",
+            "--from-sequence",
+            "3",
+            "--count",
+            "2",
+            "--template",
+            "%{sequence} %{method}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(tailed, "3 /billing.v1.Billing/Refund\n4 /kms.v1.Kms/Get\n");
+
+    // Bad formats and templates are refused before anything is printed, saying what and where.
+    let unknown = audit(&uri, &["query", "--format", "xml"], None).await;
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("one of: default, json"),
+        "{}",
+        stderr(&unknown)
+    );
+    let bad = audit(&uri, &["query", "--template", "ok %{nope}"], None).await;
+    assert!(!bad.status.success());
+    assert!(stdout(&bad).is_empty());
+    assert!(
+        stderr(&bad).contains("position 4") && stderr(&bad).contains("unknown variable `nope`"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
 
 use super::filter::FilterArgs;
-use super::output::{EntryPrinter, Printed};
+use super::output::{OutputArgs, Printed};
 
 /// Print stored entries matching the filters, one line each, oldest first unless --order desc.
 ///
@@ -27,11 +27,8 @@ pub struct QueryArgs {
     /// Entries per request to the server (0: the server's default).
     #[arg(long, value_name = "N", default_value_t = 0)]
     page_size: u32,
-    /// Print each entry as one line of proto3 JSON instead of a readable line.
-    /// An entry with no JSON form (NaN stored by an older server) is reported on stderr and
-    /// skipped; the exit status is then 1.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// Order of query results.
@@ -59,7 +56,7 @@ impl QueryArgs {
 
 pub async fn run(client: Client, args: QueryArgs, color: bool) -> anyhow::Result<ExitCode> {
     let mut entries = client.query(args.filter.to_filter(), args.options());
-    let mut printer = EntryPrinter::new(args.json, color);
+    let mut printer = args.output.printer(color)?;
     let mut skipped: u64 = 0;
     while let Some(entry) = entries.next().await {
         let entry = entry.context("query failed")?;

@@ -8,7 +8,7 @@ use clap::Args;
 use futures::StreamExt as _;
 
 use super::filter::FilterArgs;
-use super::output::{EntryPrinter, Printed};
+use super::output::{OutputArgs, Printed};
 
 /// Print entries as they are recorded, one line each, until interrupted.
 ///
@@ -35,11 +35,8 @@ pub struct TailArgs {
     /// Give up after this many consecutive failed reconnection attempts (default: never).
     #[arg(long, value_name = "N")]
     max_retries: Option<u32>,
-    /// Print each entry as one line of proto3 JSON instead of a readable line.
-    /// An entry with no JSON form (NaN stored by an older server) is reported on stderr and
-    /// skipped.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 const TAIL_EXAMPLES: &str = "Examples:
@@ -62,7 +59,7 @@ impl TailArgs {
 pub async fn run(client: Client, args: TailArgs, color: bool) -> anyhow::Result<ExitCode> {
     let policy = RetryPolicy::unlimited().max_consecutive_failures(args.max_retries);
     let mut entries = client.subscribe_with(args.filter.to_filter(), args.start(), policy);
-    let mut printer = EntryPrinter::new(args.json, color);
+    let mut printer = args.output.printer(color)?;
     let mut printed: u64 = 0;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
