@@ -356,13 +356,6 @@ func (r *Recorder) deliver(batch []item) {
 		if !r.unreachable.Swap(true) {
 			r.config.Logf("audit: audit service unreachable, retrying with backoff: %v", lastErr)
 		}
-		// A fail-closed call stops waiting at its deadline; tell it now rather than never.
-		for i := range retry {
-			if retry[i].ack != nil {
-				answer(retry[i], false)
-				retry[i].ack = nil
-			}
-		}
 		timer := time.NewTimer(backoff)
 		select {
 		case <-r.stop.Done():
