@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -32,6 +33,13 @@ const (
 	keepAliveInterval = 20 * time.Second
 	keepAliveTimeout  = 10 * time.Second
 )
+
+var reconnectBackoff = backoff.Config{
+	BaseDelay:  100 * time.Millisecond,
+	Multiplier: 1.6,
+	Jitter:     0.2,
+	MaxDelay:   5 * time.Second,
+}
 
 // Client is a client of the audit service. It is safe for concurrent use; share one per
 // process. Close it when done.
@@ -72,6 +80,9 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 	}
 	if p.InitialBackoff <= 0 {
 		p.InitialBackoff = DefaultRetryPolicy.InitialBackoff
+	}
+	if p.MaxBackoff <= 0 {
+		p.MaxBackoff = DefaultRetryPolicy.MaxBackoff
 	}
 	if p.MaxBackoff < p.InitialBackoff {
 		p.MaxBackoff = p.InitialBackoff
@@ -178,11 +189,19 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 
 // dialTarget turns address into a grpc-go target and the dial options it needs.
 func dialTarget(address string, o *options) (string, []grpc.DialOption, error) {
-	opts := []grpc.DialOption{grpc.WithKeepaliveParams(keepalive.ClientParameters{
-		Time:                keepAliveInterval,
-		Timeout:             keepAliveTimeout,
-		PermitWithoutStream: true,
-	})}
+	opts := []grpc.DialOption{
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                keepAliveInterval,
+			Timeout:             keepAliveTimeout,
+			PermitWithoutStream: true,
+		}),
+		// grpc-go waits 1 s, then 1.6 s, ... before reconnecting, and fails calls at once in
+		// between: longer than Record's retries last. Reconnect sooner, as the Rust client does.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           reconnectBackoff,
+			MinConnectTimeout: defaultConnectTimeout,
+		}),
+	}
 	if path, ok := unixPath(address); ok {
 		if path == "" {
 			return "", nil, fmt.Errorf("audit: invalid address %q: no socket path", address)

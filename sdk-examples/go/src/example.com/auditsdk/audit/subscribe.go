@@ -70,11 +70,11 @@ func (c *Client) Subscribe(ctx context.Context, filter *auditv1.Filter, start St
 	if opts.InitialBackoff <= 0 {
 		opts.InitialBackoff = 100 * time.Millisecond
 	}
-	if opts.MaxBackoff < opts.InitialBackoff {
+	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 5 * time.Second
-		if opts.MaxBackoff < opts.InitialBackoff {
-			opts.MaxBackoff = opts.InitialBackoff
-		}
+	}
+	if opts.MaxBackoff < opts.InitialBackoff {
+		opts.MaxBackoff = opts.InitialBackoff
 	}
 	if opts.MaxConsecutiveFailures == 0 {
 		opts.MaxConsecutiveFailures = 10
