@@ -57,7 +57,11 @@ type SubscribeOptions struct {
 // UNAVAILABLE, RESOURCE_EXHAUSTED, the server ending the stream as it does on shutdown...) and
 // resumes after the greater of the last entry's and the last heartbeat's sequence, so the
 // caller sees no gap and no duplicate. Other errors (INVALID_ARGUMENT, PERMISSION_DENIED, ...)
-// end it at once. Cancel ctx (or call Close) to stop it:
+// end it at once.
+//
+// Subscribe opens the stream before it returns and waits until the server has accepted it,
+// so with Now() every entry committed after Subscribe returns is delivered. When the stream
+// cannot be opened, Next retries as after a drop. Cancel ctx (or call Close) to stop it:
 //
 //	ctx, cancel := context.WithCancel(ctx)
 //	defer cancel()
@@ -80,7 +84,7 @@ func (c *Client) Subscribe(ctx context.Context, filter *auditv1.Filter, start St
 		opts.MaxConsecutiveFailures = 10
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	return &Subscription{
+	s := &Subscription{
 		client:  c,
 		ctx:     ctx,
 		cancel:  cancel,
@@ -91,6 +95,13 @@ func (c *Client) Subscribe(ctx context.Context, filter *auditv1.Filter, start St
 		hasLast: start.hasSeq,
 		backoff: opts.InitialBackoff,
 	}
+	if s.open() {
+		// The server sends the headers once it has registered the subscription.
+		if _, err := s.stream.Header(); err != nil {
+			s.pending = err
+		}
+	}
+	return s
 }
 
 // Subscription is a live stream of entries that survives dropped connections; see
@@ -106,6 +117,8 @@ type Subscription struct {
 
 	stream       auditv1.AuditService_SubscribeClient
 	streamCancel context.CancelFunc
+	// pending is a failure of the stream Subscribe opened, for Next to handle.
+	pending error
 	// received is set when the current stream delivered anything.
 	received bool
 	failures int
@@ -125,6 +138,11 @@ type Subscription struct {
 func (s *Subscription) Next() bool {
 	s.entry = nil
 	for !s.ended {
+		if err := s.pending; err != nil {
+			s.pending = nil
+			s.dropped(err)
+			continue
+		}
 		if s.stream == nil && !s.open() {
 			continue
 		}
@@ -156,7 +174,7 @@ func (s *Subscription) Next() bool {
 	return false
 }
 
-// open starts a stream from the resume point; false when it failed (handled as a drop).
+// open starts a stream from the resume point; false when it failed (left in pending).
 func (s *Subscription) open() bool {
 	start := s.start.position
 	if s.hasLast {
@@ -166,7 +184,7 @@ func (s *Subscription) open() bool {
 	stream, err := s.client.raw.Subscribe(ctx, &auditv1.SubscribeRequest{Filter: s.filter, Start: start})
 	if err != nil {
 		cancel()
-		s.dropped(err)
+		s.pending = err
 		return false
 	}
 	s.stream, s.streamCancel, s.received = stream, cancel, false

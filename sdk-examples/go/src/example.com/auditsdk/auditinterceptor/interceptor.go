@@ -279,7 +279,8 @@ func callerOf(ctx context.Context) *auditv1.Caller {
 		return caller
 	}
 	if _, ok := p.Addr.(*net.UnixAddr); ok {
-		caller.Peer = &auditv1.Caller_Unix{Unix: &auditv1.UnixPeer{}}
+		// Without PeerCredentials nothing identifies the process, and an empty UnixPeer
+		// would read as uid 0: leave the peer unset.
 		return caller
 	}
 	network := &auditv1.NetworkPeer{}

@@ -140,8 +140,9 @@ func NewRecorder(client *audit.Client, config RecorderConfig) *Recorder {
 func (r *Recorder) Source() string { return r.config.Source }
 
 // Record queues the entries of one call without waiting. requestID is set on every entry (a
-// UUIDv7 when empty); empty source, id and time are filled in. It returns false when the
-// entries were dropped because the queue is full or the recorder is closed.
+// UUIDv7 when empty); empty source, id and time are filled in, on the entries given, which
+// belong to the recorder from then on. It returns false when the entries were dropped because
+// the queue is full or the recorder is closed.
 func (r *Recorder) Record(requestID string, entries ...*auditv1.AuditEntry) bool {
 	return r.enqueue(requestID, entries, nil)
 }

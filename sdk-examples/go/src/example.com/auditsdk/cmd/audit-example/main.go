@@ -311,6 +311,9 @@ func (e *example) subscribeLive(ctx context.Context, afterSequence uint64) (uint
 	ctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
 	defer cancel()
 	sub := e.client.Subscribe(ctx, &auditv1.Filter{Source: e.source}, audit.AfterSequence(afterSequence), audit.SubscribeOptions{})
+	// Subscribe returns once the server has accepted the stream, so "now" cannot miss it either.
+	fromNow := e.client.Subscribe(ctx, &auditv1.Filter{Source: e.source}, audit.Now(), audit.SubscribeOptions{})
+	defer fromNow.Close()
 	recordCtx, recordCancel := context.WithTimeout(ctx, callTimeout)
 	live, err := e.client.Record(recordCtx,
 		e.newEntry("/billing.v1.InvoiceService/CreateInvoice", "INVOICE_PAID", "BILLING", "invoices/INV-1001").Build())
@@ -332,12 +335,15 @@ func (e *example) subscribeLive(ctx context.Context, afterSequence uint64) (uint
 	if entry.GetEvent() != "INVOICE_PAID" {
 		return 0, failf("Subscribe delivered event %q", entry.GetEvent())
 	}
+	if !fromNow.Next() || fromNow.Entry().GetId() != live.GetId() {
+		return 0, failf("a subscription from now did not deliver the entry recorded after it opened first (%v)", fromNow.Err())
+	}
 	// Cancelling the context ends the subscription, without an error.
 	cancel()
 	if sub.Next() || sub.Err() != nil {
 		return 0, failf("after cancel, Subscribe went on (err %v)", sub.Err())
 	}
-	ok("subscribe", fmt.Sprintf("received id=%s sequence=%d recorded after the stream opened (%d heartbeats before it); cancel ends it",
+	ok("subscribe", fmt.Sprintf("received id=%s sequence=%d recorded after the stream opened (%d heartbeats before it), also from now; cancel ends it",
 		entry.GetId(), entry.GetSequence(), sub.Heartbeats()))
 	return entry.GetSequence(), nil
 }
