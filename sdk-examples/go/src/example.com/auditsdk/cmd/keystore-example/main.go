@@ -10,13 +10,16 @@
 // removed on exit. The calls: Create (OK, with the caller's x-request-id), Create (OK, with a
 // generated request_id), Delete of a missing key (NOT_FOUND), List (a server-streaming call),
 // BatchDelete of three keys, one missing (one entry for the call and one per key, sharing the
-// request_id), Create over the Unix socket (the caller's kernel credentials), and a health
-// check (excluded from auditing). Then fail-closed and fail-open against an unreachable audit
+// request_id), Create over the Unix socket (the caller's kernel credentials), Create over
+// mutual TLS with audit.Dial's TLS options (the caller's SPIFFE ID and certificate subject),
+// and a health check (excluded from auditing). Then fail-closed and fail-open against an unreachable audit
 // service. It prints one line per step and exits with status 1 at the first deviation.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -33,6 +36,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -75,9 +79,13 @@ type service struct {
 }
 
 func serve(recorder *auditinterceptor.Recorder, dir string, opts ...auditinterceptor.Option) (*service, error) {
+	return serveWith(auditinterceptor.PeerCredentials(), recorder, dir, opts...)
+}
+
+func serveWith(creds credentials.TransportCredentials, recorder *auditinterceptor.Recorder, dir string, opts ...auditinterceptor.Option) (*service, error) {
 	auditor := auditinterceptor.New(recorder, opts...)
 	server := grpc.NewServer(
-		grpc.Creds(auditinterceptor.PeerCredentials()),
+		grpc.Creds(creds),
 		grpc.ChainUnaryInterceptor(auditor.Unary()),
 		grpc.ChainStreamInterceptor(auditor.Stream()),
 	)
@@ -148,6 +156,8 @@ type expected struct {
 	// address is the caller's network address; "" for the Unix socket call.
 	address string
 	unix    bool
+	// tls: the caller presented the example's client certificate.
+	tls bool
 }
 
 // operation reports whether w is a per-operation entry of the batch call (no latency of its
@@ -162,6 +172,7 @@ type example struct {
 	client *audit.Client
 	source string
 	dir    string
+	certs  *certificates
 }
 
 func (e *example) callAudited(ctx context.Context) error {
@@ -199,7 +210,7 @@ func (e *example) callAudited(ctx context.Context) error {
 	if got := header.Get(auditinterceptor.RequestIDHeader); len(got) != 1 || got[0] != sentID {
 		return failf("Create returned x-request-id %v, want the one sent, %s", got, sentID)
 	}
-	want = append(want, expected{keystore.MethodCreate, "KEY_CREATED", "keys/alpha", codes.OK, "", sentID, "alice", address, false})
+	want = append(want, expected{keystore.MethodCreate, "KEY_CREATED", "keys/alpha", codes.OK, "", sentID, "alice", address, false, false})
 
 	// An OK call without a request_id: one is generated and returned.
 	generated, err := requestIDOf(func(opt grpc.CallOption) error { return keys.Create(as("alice"), "beta", opt) })
@@ -209,7 +220,7 @@ func (e *example) callAudited(ctx context.Context) error {
 	if !uuidPattern.MatchString(generated) {
 		return failf("generated x-request-id %q is not a UUIDv7", generated)
 	}
-	want = append(want, expected{keystore.MethodCreate, "KEY_CREATED", "keys/beta", codes.OK, "", generated, "alice", address, false})
+	want = append(want, expected{keystore.MethodCreate, "KEY_CREATED", "keys/beta", codes.OK, "", generated, "alice", address, false, false})
 	ok("unary", fmt.Sprintf("Create alpha (x-request-id kept: %s), Create beta (generated: %s)", sentID, generated))
 
 	// An error status.
@@ -217,7 +228,7 @@ func (e *example) callAudited(ctx context.Context) error {
 	if status.Code(err) != codes.NotFound {
 		return failf("Delete(ghost) returned %v, want NOT_FOUND", err)
 	}
-	want = append(want, expected{keystore.MethodDelete, "KEY_DELETED", "keys/ghost", codes.NotFound, "key ghost does not exist", deleteID, "bob", address, false})
+	want = append(want, expected{keystore.MethodDelete, "KEY_DELETED", "keys/ghost", codes.NotFound, "key ghost does not exist", deleteID, "bob", address, false, false})
 	ok("error", fmt.Sprintf("Delete ghost: %s", status.Code(err)))
 
 	// A server-streaming call.
@@ -229,7 +240,7 @@ func (e *example) callAudited(ctx context.Context) error {
 	if strings.Join(names, ",") != "alpha,beta" {
 		return failf("List returned %v, want [alpha beta]", names)
 	}
-	want = append(want, expected{keystore.MethodList, "KEYS_LISTED", "keys/*", codes.OK, "", listID, "carol", address, false})
+	want = append(want, expected{keystore.MethodList, "KEYS_LISTED", "keys/*", codes.OK, "", listID, "carol", address, false, false})
 	ok("stream", fmt.Sprintf("List streamed %v", names))
 
 	// A batch call: one entry for the call, one per key, all sharing the request_id.
@@ -245,10 +256,10 @@ func (e *example) callAudited(ctx context.Context) error {
 		return failf("BatchDelete deleted %d and missed %d, want 2 and 1", deleted, missing)
 	}
 	want = append(want,
-		expected{keystore.MethodBatchDelete, "KEYS_BATCH_DELETED", "", codes.OK, "", batchID, "alice", address, false},
-		expected{keystore.MethodBatchDelete, "KEY_DELETED", "keys/alpha", codes.OK, "", batchID, "alice", address, false},
-		expected{keystore.MethodBatchDelete, "KEY_DELETED", "keys/beta", codes.OK, "", batchID, "alice", address, false},
-		expected{keystore.MethodBatchDelete, "KEY_DELETED", "keys/ghost", codes.NotFound, "key ghost does not exist", batchID, "alice", address, false},
+		expected{keystore.MethodBatchDelete, "KEYS_BATCH_DELETED", "", codes.OK, "", batchID, "alice", address, false, false},
+		expected{keystore.MethodBatchDelete, "KEY_DELETED", "keys/alpha", codes.OK, "", batchID, "alice", address, false, false},
+		expected{keystore.MethodBatchDelete, "KEY_DELETED", "keys/beta", codes.OK, "", batchID, "alice", address, false, false},
+		expected{keystore.MethodBatchDelete, "KEY_DELETED", "keys/ghost", codes.NotFound, "key ghost does not exist", batchID, "alice", address, false, false},
 	)
 	ok("batch", fmt.Sprintf("BatchDelete alpha, beta, ghost: %d deleted, %d missing (request_id %s)", deleted, missing, batchID))
 
@@ -264,8 +275,21 @@ func (e *example) callAudited(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("Create(gamma) over the socket: %w", err)
 	}
-	want = append(want, expected{keystore.MethodCreate, "KEY_CREATED", "keys/gamma", codes.OK, "", unixID, "dave", "", true})
+	want = append(want, expected{keystore.MethodCreate, "KEY_CREATED", "keys/gamma", codes.OK, "", unixID, "dave", "", true, false})
 	ok("unix", "Create gamma over "+svc.socket)
+
+	// Over mutual TLS, dialled with the audit client's TLS options: the caller's SPIFFE ID and
+	// certificate subject come from its verified certificate.
+	mtls, err := e.serveMutualTLS(ctx, recorder)
+	if err != nil {
+		return err
+	}
+	defer mtls.server.Stop()
+	tlsID, tlsAddress, err := e.callOverMutualTLS(ctx, mtls)
+	if err != nil {
+		return err
+	}
+	want = append(want, expected{keystore.MethodCreate, "KEY_CREATED", "keys/delta", codes.OK, "", tlsID, "erin", tlsAddress, false, true})
 
 	// Excluded: not audited.
 	if _, err := healthpb.NewHealthClient(conn).Check(callCtx, &healthpb.HealthCheckRequest{}); err != nil {
@@ -281,6 +305,76 @@ func (e *example) callAudited(ctx context.Context) error {
 		return failf("recorder stats %+v, want %d recorded, none dropped or failed", stats, len(want))
 	}
 	return e.checkStored(ctx, want, batchID)
+}
+
+// serveMutualTLS serves the key store over TLS requiring client certificates from a
+// throwaway CA, audited through recorder.
+func (e *example) serveMutualTLS(ctx context.Context, recorder *auditinterceptor.Recorder) (*service, error) {
+	certs, err := writeCertificates(e.dir)
+	if err != nil {
+		return nil, err
+	}
+	e.certs = certs
+	serverCert, err := tls.LoadX509KeyPair(certs.serverCert, certs.serverKey)
+	if err != nil {
+		return nil, err
+	}
+	caPEM, err := ioutil.ReadFile(certs.ca)
+	if err != nil {
+		return nil, err
+	}
+	clientCAs := x509.NewCertPool()
+	clientCAs.AppendCertsFromPEM(caPEM)
+	creds := credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{serverCert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    clientCAs,
+		MinVersion:   tls.VersionTLS12,
+	})
+	return serveWith(creds, recorder, "",
+		auditinterceptor.PrincipalFromMetadata("x-user"),
+		auditinterceptor.Exclude("/grpc.health.v1.Health/*"))
+}
+
+// callOverMutualTLS connects with audit.Dial and audit.TLSConfig (CA, client certificate and
+// key), checks health through the audit client, then calls Create on the same connection.
+// It returns the call's request_id and the client's address.
+func (e *example) callOverMutualTLS(ctx context.Context, svc *service) (requestID, address string, err error) {
+	config, err := audit.TLSConfig(e.certs.ca, e.certs.clientCert, e.certs.clientKey, "")
+	if err != nil {
+		return "", "", err
+	}
+	var mu sync.Mutex
+	client, err := audit.Dial(ctx, svc.tcp.Addr().String(), audit.WithTLS(config), audit.WithDialOptions(
+		grpc.WithContextDialer(func(ctx context.Context, target string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "tcp", target)
+			if err == nil {
+				mu.Lock()
+				address = conn.LocalAddr().String()
+				mu.Unlock()
+			}
+			return conn, err
+		})))
+	if err != nil {
+		return "", "", fmt.Errorf("connecting over mutual TLS: %w", err)
+	}
+	defer client.Close()
+	callCtx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	if serving, err := client.Health(callCtx, ""); err != nil || serving != healthpb.HealthCheckResponse_SERVING {
+		return "", "", failf("health over mutual TLS: %s %v", serving, err)
+	}
+	requestID, err = requestIDOf(func(opt grpc.CallOption) error {
+		return keystore.NewClient(client.Conn()).Create(metadata.AppendToOutgoingContext(callCtx, "x-user", "erin"), "delta", opt)
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("Create(delta) over mutual TLS: %w", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	ok("mtls", fmt.Sprintf("audit.Dial with audit.TLSConfig: health SERVING, Create delta as %s", clientSPIFFEID))
+	return requestID, address, nil
 }
 
 // requestIDOf runs call and returns the x-request-id the server sent back, and call's error.
@@ -372,6 +466,14 @@ func check(entry *auditv1.AuditEntry, w expected) error {
 		}
 	} else if got := entry.GetCaller().GetNetwork().GetAddress(); got != w.address {
 		return wrong("caller.network.address", got, w.address)
+	}
+	network := entry.GetCaller().GetNetwork()
+	wantSPIFFE, wantSubject := "", ""
+	if w.tls {
+		wantSPIFFE, wantSubject = clientSPIFFEID, "CN=keystore-client,O=example"
+	}
+	if network.GetSpiffeId() != wantSPIFFE || network.GetCertificateSubject() != wantSubject {
+		return wrong("caller.network spiffe_id, certificate_subject", network.GetSpiffeId()+" "+network.GetCertificateSubject(), wantSPIFFE+" "+wantSubject)
 	}
 	return nil
 }
