@@ -18,7 +18,7 @@ type proxy struct {
 	conns map[net.Conn]bool
 	// down refuses new connections (closes them at once), as a server that is away would.
 	down bool
-	wg    sync.WaitGroup
+	wg   sync.WaitGroup
 }
 
 func newProxy(address string) (*proxy, error) {

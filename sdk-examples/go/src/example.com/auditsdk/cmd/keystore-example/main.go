@@ -18,9 +18,9 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
