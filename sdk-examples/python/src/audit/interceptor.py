@@ -351,6 +351,22 @@ class _Context:
         self.headers_sent = True
         return self._inner.send_initial_metadata(_with_request_id(initial_metadata, self._request_id))
 
+    def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = None) -> Any:
+        if trailing_metadata is None:  # keeps what set_trailing_metadata set, x-request-id too
+            return self._inner.abort(code, details)
+        return self._inner.abort(code, details, _with_request_id(trailing_metadata, self._request_id))
+
+    def abort_with_status(self, status: grpc.Status) -> Any:
+        metadata = _with_request_id(status.trailing_metadata, self._request_id)
+        return self._inner.abort_with_status(_Status(status.code, status.details, tuple(metadata)))
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, Any], ...]
+
 
 # === grpc (threads) ===
 
