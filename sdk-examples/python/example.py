@@ -9,6 +9,7 @@ expected.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import NoReturn
 import grpc
 
 from audit import (
+    AsyncAuditClient,
     AuditClient,
     AuditError,
     Level,
@@ -317,6 +319,39 @@ def subscribe_resumed(client: AuditClient, source: str, sequences: list[int]) ->
     ok("resume", f"{len(got)} entries across {reconnects + 1} streams, no gap and no duplicate")
 
 
+async def with_asyncio(address: str, run_id: str) -> None:
+    """The same calls from asyncio, with AsyncAuditClient."""
+    source = f"python-asyncio-{run_id}"
+    async with AsyncAuditClient(address, timeout=CALL_TIMEOUT_S) as client:
+        batch = await client.record_batch(
+            [new_entry(source=source, method="/kms.v1.KeyService/RotateKey", resource=f"keys/a{i}") for i in range(5)]
+        )
+        single = await client.record(new_entry(source=source, method="/kms.v1.KeyService/RotateKey"))
+        want = [*batch.sequences, single.sequence]
+        got = [e.sequence async for e in client.query(new_filter(source=source), page_size=2)]
+        check(got == want, f"async query returned {got}, want {want}")
+        seen: list[int] = []
+        async with client.subscribe(new_filter(source=source), 0) as subscription:
+
+            async def collect() -> None:
+                async for entry in subscription:
+                    seen.append(entry.sequence)
+                    if len(seen) == 3:
+                        subscription.reconnect()  # as a dropped connection would
+                    if len(seen) == len(want):
+                        return
+
+            try:
+                await asyncio.wait_for(collect(), SUBSCRIBE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise ExampleFailed(f"async subscription delivered {seen} within {SUBSCRIBE_TIMEOUT_S:.0f} s") from None
+            reconnects = subscription.reconnects
+        check(seen == want and reconnects == 1, f"async subscription delivered {seen} after {reconnects} reconnects")
+        status = await client.health("audit.v1.AuditService")
+        check(status == "SERVING", f"async health is {status}")
+    ok("asyncio", f"{len(want)} entries recorded, queried over pages and subscribed across a reconnect")
+
+
 def check_health(client: AuditClient) -> None:
     for service in ["", "audit.v1.AuditService"]:
         status = client.health(service)
@@ -340,6 +375,7 @@ def run(address: str) -> None:
         paged_source, sequences = paging(client, run_id)
         subscribe_resumed(client, paged_source, sequences)
         check_health(client)
+    asyncio.run(with_asyncio(address, run_id))
 
 
 def fail(message: str) -> NoReturn:

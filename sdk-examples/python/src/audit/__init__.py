@@ -6,6 +6,7 @@ The whole public surface is here:
   and deadline errors), `query` (an iterator following page tokens), `subscribe` (an iterator
   that resumes after drops with no gap and no duplicate), `health`, `checkpoint`; over
   `host:port`, `unix:/path`, TLS and mutual TLS (`TlsConfig`).
+- `AsyncAuditClient` and `AsyncSubscription`: the same for asyncio (grpc.aio).
 - `new_entry` and `new_filter`: messages from keyword arguments; `Outcome`, `Level`, `Order`.
 - `AuditError`: the gRPC code, message and `field_violations` (from `google.rpc.BadRequest`).
 - `AuditInterceptor` (grpc) and `AsyncAuditInterceptor` (grpc.aio): one audit entry per call,
@@ -18,6 +19,7 @@ The generated messages and stubs are in `audit.v1` (`entry_pb2`, `service_pb2`,
 those modules by hand.
 """
 
+from audit.aio import AsyncAuditClient, AsyncSubscription
 from audit.builder import Level, Order, Outcome, new_entry, new_filter
 from audit.client import AuditClient, RetryPolicy, Start, Subscription, TlsConfig
 from audit.errors import AuditError, FieldViolation
@@ -32,7 +34,9 @@ from audit.recorder import Recorder, RecorderStats
 from audit.uuid7 import uuid7
 
 __all__ = [
+    "AsyncAuditClient",
     "AsyncAuditInterceptor",
+    "AsyncSubscription",
     "AuditClient",
     "AuditError",
     "AuditHandle",
