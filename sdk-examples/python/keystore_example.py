@@ -307,6 +307,10 @@ def failure_modes(run_id: str) -> None:
             check(0.4 <= waited < 3, f"the fail-closed call waited {waited:.2f} s, want the 0.5 s deadline")
             # The handler ran (its effect stays), but the caller was told UNAVAILABLE.
             _expect_key(store, "k1", True)
+            # The recorder has seen the audit service refuse a connection: it is known down.
+            known_down = time.monotonic() + 5
+            while recorder.is_available() and time.monotonic() < known_down:
+                time.sleep(0.01)
             started = time.monotonic()
             failed_call(lambda: client.create("k2"), grpc.StatusCode.UNAVAILABLE)
             refused_in = time.monotonic() - started

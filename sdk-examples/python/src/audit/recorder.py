@@ -84,7 +84,7 @@ class Recorder:
     ) -> None:
         self.source = source
         self._client = client
-        self._queue: queue.Queue[_Batch | threading.Event | None] = queue.Queue(
+        self._queue: queue.Queue[_Batch | threading.Event] = queue.Queue(
             max(1, queue_capacity)
         )
         self._drain_size = max(1, drain_size)
@@ -184,47 +184,48 @@ class Recorder:
         counted as dropped."""
         self._closed = True
         delivered = self.flush(timeout)
+        # The thread now counts what is left as dropped instead of sending it, and ends once
+        # the queue is empty.
         self._stopping.set()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self._thread.join(timeout=1.0)
-        if not delivered:
-            with self._lock:
-                self._dropped += sum(
-                    len(item.entries) for item in list(self._queue.queue) if isinstance(item, _Batch)
-                )
+        self._thread.join(timeout=2.0)
         return delivered
 
     # === the background thread ===
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
             batches: list[_Batch] = []
             flushes: list[threading.Event] = []
-            stop = False
             while True:
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
+                if isinstance(item, threading.Event):
                     # Everything queued before the flush is in `batches`: answer once sent.
                     flushes.append(item)
                     break
-                else:
-                    batches.append(item)
-                if stop or len(batches) >= self._drain_size:
+                batches.append(item)
+                if len(batches) >= self._drain_size:
                     break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            self._deliver(batches)
+            if self._stopping.is_set():
+                self._drop(batches)
+            else:
+                self._deliver(batches)
             for done in flushes:
                 done.set()
-            if stop:
-                return
+
+    def _drop(self, batches: list[_Batch]) -> None:
+        for batch in batches:
+            _ack(batch, False)
+        with self._lock:
+            self._dropped += sum(len(batch.entries) for batch in batches)
 
     def _deliver(self, batches: list[_Batch]) -> None:
         """Sends `batches` concurrently, retrying those that fail with a retryable error (with
@@ -261,10 +262,7 @@ class Recorder:
                 _log.warning("audit service unreachable; retrying with backoff: %s", last_error)
             failures += 1
             if self._stopping.wait(self._backoff.backoff(failures)):
-                for batch in retry:
-                    _ack(batch, False)
-                with self._lock:
-                    self._dropped += sum(len(batch.entries) for batch in retry)
+                self._drop(retry)
                 return
             batches = retry
 
