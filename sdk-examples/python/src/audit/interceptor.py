@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import inspect
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -248,7 +249,7 @@ class _Policy:
         """Whether `method` is audited: it matches no exclusion, a full method or a prefix
         ending in `*`."""
         for pattern in self.excluded:
-            if pattern.endswith("*") and method.startswith(pattern[:-1]) or method == pattern:
+            if method == pattern or (pattern.endswith("*") and method.startswith(pattern[:-1])):
                 return False
         return True
 
@@ -557,7 +558,9 @@ class AsyncAuditInterceptor(grpc.aio.ServerInterceptor, _Policy):
             call, audited_context = await self._start(method, context)
             _current.set(call.handle)  # the call runs in its own task: no reset needed
             try:
-                response = await inner(request, audited_context)
+                response = inner(request, audited_context)
+                if inspect.isawaitable(response):
+                    response = await response
             except asyncio.CancelledError:
                 call.cancelled()
                 raise
@@ -582,8 +585,11 @@ class AsyncAuditInterceptor(grpc.aio.ServerInterceptor, _Policy):
                         if not audited_context.headers_sent:
                             await audited_context.send_initial_metadata(())
                         yield response
-                else:  # a handler that writes with `await context.write(...)`
+                elif inspect.isawaitable(responses):  # it writes with `await context.write(...)`
                     await responses
+                else:  # a plain generator
+                    for response in responses:
+                        yield response
             except (asyncio.CancelledError, GeneratorExit):
                 call.cancelled()
                 raise
