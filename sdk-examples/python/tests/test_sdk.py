@@ -422,6 +422,18 @@ def make_certificates(d: Path) -> None:
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
 
 
+class CallerTest(unittest.TestCase):
+    def test_peer_addresses(self) -> None:
+        from audit.interceptor import CallInfo, _caller_of
+
+        def address(peer: str) -> str:
+            return _caller_of(CallInfo("/a.B/C", {}, peer)).network.address
+
+        self.assertEqual(address("ipv4:127.0.0.1:5000"), "127.0.0.1:5000")
+        self.assertEqual(address("ipv6:%5B::1%5D:5000"), "[::1]:5000")
+        self.assertFalse(_caller_of(CallInfo("/a.B/C", {}, "unix:/run/x.sock")).HasField("network"))
+
+
 class Uuid7Test(unittest.TestCase):
     def test_layout_and_order(self) -> None:
         ids = [uuid7() for _ in range(5000)]

@@ -37,8 +37,10 @@ import asyncio
 import concurrent.futures
 import contextvars
 import inspect
+import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -59,6 +61,8 @@ __all__ = [
     "CallInfo",
     "principal_from_metadata",
 ]
+
+_log = logging.getLogger("audit.interceptor")
 
 REQUEST_ID = "x-request-id"
 AUDIT_UNAVAILABLE = "audit trail unavailable"
@@ -268,7 +272,10 @@ class _Policy:
         info = CallInfo(method, metadata, peer, auth)
         caller = _caller_of(info)
         if self.principal is not None:
-            caller.principal = self.principal(info) or ""
+            try:
+                caller.principal = self.principal(info) or ""
+            except Exception:  # auditing never fails a call of its own accord
+                _log.exception("the principal function failed for %s", method)
         template = entry_pb2.AuditEntry(
             source=self.recorder.source, method=method, request_id=request_id, caller=caller
         )
@@ -291,7 +298,7 @@ def _caller_of(info: CallInfo) -> entry_pb2.Caller:
     caller = entry_pb2.Caller(user_agent=info.metadata.get("user-agent", ""))
     kind, _, address = info.peer.partition(":")
     if kind in ("ipv4", "ipv6"):
-        caller.network.address = address
+        caller.network.address = urllib.parse.unquote(address)  # ipv6:%5B::1%5D:5000
         for san in info.auth_context.get("x509_subject_alternative_name", ()):
             text = san.decode("utf-8", "replace")
             if text.startswith("spiffe://"):
