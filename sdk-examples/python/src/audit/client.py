@@ -1,6 +1,6 @@
 """`AuditClient`: the audit service from Python, over the generated stubs.
 
-    from audit import AuditClient, new_entry
+    from audit import AuditClient, new_entry, new_filter
 
     with AuditClient("127.0.0.1:50051") as client:          # or "unix:/run/audit.sock"
         receipt = client.record(new_entry(source="billing-api", method="/billing.v1.Billing/Charge"))
