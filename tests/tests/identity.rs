@@ -332,6 +332,22 @@ async fn the_cli_speaks_mutual_tls() {
     );
     let out = String::from_utf8(queried.stdout).unwrap();
     assert!(out.contains("spiffe://test.example/ops/cli"), "{out}");
+
+    // Verification and the key go over the same mutual TLS.
+    let verified = audit(&["verify"]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verified.stdout).starts_with("OK"));
+    let key = audit(&["key"]);
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    assert!(String::from_utf8_lossy(&key.stdout).starts_with("audit-log+"));
 }
 
 #[tokio::test]

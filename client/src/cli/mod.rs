@@ -169,9 +169,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query::run(connect().await?, args, color).await,
         Command::Record(args) => record::run(connect().await?, args).await,
         Command::Health(args) => health::run(connect().await?, args).await,
-        Command::Verify(args) => verify::run(&cli.server, args).await,
+        Command::Verify(args) => verify::run(connect, args).await,
         Command::Checkpoint(args) => verify::checkpoint(connect().await?, args).await,
-        Command::Key(args) => verify::key(&cli.server, args).await,
+        Command::Key(args) => verify::key(connect, args).await,
     }
 }
 

@@ -60,7 +60,11 @@ pub struct KeyArgs {
     data_dir: Option<PathBuf>,
 }
 
-pub async fn run(server: &str, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+/// Verifies a stopped server's data directory, or the server `connect` reaches.
+pub async fn run(
+    connect: impl AsyncFnOnce() -> Result<Client, audit_client::Error>,
+    args: VerifyArgs,
+) -> anyhow::Result<ExitCode> {
     let public_key = args
         .public_key
         .as_deref()
@@ -96,7 +100,7 @@ pub async fn run(server: &str, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || verify::verify_data_dir(&dir, &trust)).await??
         }
-        None => verify::verify_server(&Client::connect(server).await?, &trust).await?,
+        None => verify::verify_server(&connect().await?, &trust).await?,
     };
     print_report(&report, started.elapsed())
 }
@@ -182,7 +186,11 @@ pub async fn checkpoint(client: Client, _args: CheckpointArgs) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn key(server: &str, args: KeyArgs) -> anyhow::Result<ExitCode> {
+/// Prints the log's public key, from a data directory or from the server `connect` reaches.
+pub async fn key(
+    connect: impl AsyncFnOnce() -> Result<Client, audit_client::Error>,
+    args: KeyArgs,
+) -> anyhow::Result<ExitCode> {
     let text = match &args.data_dir {
         Some(dir) => {
             let path = dir.join("signing.pub");
@@ -190,7 +198,7 @@ pub async fn key(server: &str, args: KeyArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot read {}", path.display()))?
         }
         None => {
-            Client::connect(server)
+            connect()
                 .await?
                 .checkpoint_response(0)
                 .await?
