@@ -24,6 +24,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params_from_iter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+use super::fault::{self, Point};
 use super::filter_sql::{caller_identity, condition};
 use super::ledger::{self, Checkpointing, Signer, StoredCheckpoint};
 use super::recent::{self, Recent};
@@ -81,6 +82,9 @@ pub struct Options {
     pub read_connections: usize,
     /// Signing of checkpoints.
     pub checkpointing: Checkpointing,
+    /// Largest the write-ahead log may grow (plus one group) before the writer checkpoints it
+    /// itself, making writers wait, instead of leaving it to the background checkpointer.
+    pub max_wal_bytes: u64,
 }
 
 /// The embedded SQLite store. Cheap to clone.
@@ -104,6 +108,8 @@ struct Inner {
     checkpointer: Mutex<Option<Checkpointer>>,
     /// Verifies the store's checkpoints.
     public_key: PublicKey,
+    /// The database file; its write-ahead log is beside it.
+    path: PathBuf,
     /// Held for the store's lifetime so that no second server writes the same database.
     _lock: File,
 }
@@ -140,6 +146,7 @@ impl SqliteStore {
                 .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
         }
         let conn = open_writer(&path)?;
+        bound_wal_file(&conn, options.max_wal_bytes)?;
         let checkpointer = Checkpointer::spawn(&path)?;
         // The database file's directory entry must be durable too; SQLite syncs it only for
         // journals.
@@ -157,7 +164,7 @@ impl SqliteStore {
         let public_key = signer.public_key();
         let readers = Readers::open(&path, options.read_connections.max(1))?;
         let (head_tx, head_rx) = watch::channel(head);
-        let (writable_tx, writable_rx) = watch::channel(true);
+        let (writable_tx, writable_rx) = watch::channel(probe_writable(&conn, data_dir));
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let max_pending_bytes = u32::try_from(options.max_pending_bytes)
             .unwrap_or(u32::MAX)
@@ -176,6 +183,8 @@ impl SqliteStore {
             head: head_tx,
             writable: writable_tx,
             signer,
+            wal_path: wal_path(&path),
+            max_wal_bytes: options.max_wal_bytes,
         };
         let handle = std::thread::Builder::new()
             .name("audit-store-writer".into())
@@ -194,9 +203,19 @@ impl SqliteStore {
                 writer: Mutex::new(Some(handle)),
                 checkpointer: Mutex::new(Some(checkpointer)),
                 public_key,
+                path: path.clone(),
                 _lock: lock,
             }),
         })
+    }
+
+    /// Bytes the store takes on disk now: the database file and its write-ahead log.
+    pub fn disk_usage(&self) -> DiskUsage {
+        let size = |path: &Path| fs::metadata(path).map_or(0, |m| m.len());
+        DiskUsage {
+            database_bytes: size(&self.inner.path),
+            wal_bytes: size(&wal_path(&self.inner.path)),
+        }
     }
 
     /// Stops accepting writes, lets the writer commit what is queued, and waits for it.
@@ -216,6 +235,74 @@ impl SqliteStore {
             let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
         }
     }
+}
+
+/// Bytes the start-up probe writes beside the database: room for a few groups of entries. A
+/// store with less room starts refusing writes rather than fail its first ones.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Whether the store can write: a commit (SQLite writes and syncs its log) and `PROBE_BYTES`
+/// written, synced and removed in the data directory. A store restarted on a full disk then
+/// reports NOT_SERVING from the start and still answers reads.
+fn probe_writable(conn: &Connection, data_dir: &Path) -> bool {
+    let commit = || -> Result<(), Error> {
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        // Rewriting the header page with its own value changes nothing but is a real write.
+        let written = conn
+            .pragma_update(None, "user_version", version)
+            .and_then(|()| conn.execute_batch("COMMIT"));
+        if written.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        Ok(written?)
+    };
+    let room = || -> Result<(), Error> {
+        let path = data_dir.join("space-probe");
+        let written = File::create(&path)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &vec![0; PROBE_BYTES])?;
+                file.sync_all()
+            })
+            .map_err(|e| Error::StoreFailed(format!("write {}: {e}", path.display())));
+        let _ = fs::remove_file(&path);
+        written
+    };
+    match commit().and_then(|()| room()) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(
+                %error,
+                "store cannot write; serving reads only until a restart with room to write"
+            );
+            false
+        }
+    }
+}
+
+/// Bytes the store takes on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// The database file.
+    pub database_bytes: u64,
+    /// Its write-ahead log.
+    pub wal_bytes: u64,
+}
+
+fn wal_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Has SQLite cut the write-ahead log back to `max_bytes` whenever it restarts it from the
+/// beginning, so that a burst does not leave a large file behind.
+fn bound_wal_file(conn: &Connection, max_bytes: u64) -> Result<(), Error> {
+    let limit = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    conn.query_row(&format!("PRAGMA journal_size_limit = {limit}"), [], |_| {
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// How often committed pages are moved from the write-ahead log into the database file.
@@ -429,6 +516,8 @@ struct Writer {
     head: watch::Sender<u64>,
     writable: watch::Sender<bool>,
     signer: Signer,
+    wal_path: PathBuf,
+    max_wal_bytes: u64,
 }
 
 /// Marks the store failed if dropped during a panic.
@@ -503,6 +592,7 @@ impl Writer {
                         });
                         let _ = job.reply.send(result);
                     }
+                    self.bound_wal();
                 }
                 Err(error) => {
                     // The outcome on disk is unknown: refuse all further writes rather than
@@ -556,6 +646,33 @@ impl Writer {
         }
     }
 
+    /// Checkpoints the write-ahead log on the writer's thread once it outgrows its bound.
+    ///
+    /// The background checkpointer copies pages while commits continue, but it can never
+    /// finish a pass under back-to-back commits, and SQLite restarts the log from its beginning
+    /// only after a pass finished; so under sustained writes the log would grow without limit.
+    /// Here no commit can run meanwhile: RESTART copies the rest, waits (up to the busy timeout)
+    /// for readers of older snapshots, and lets the next commit write from the beginning of the
+    /// file, which `journal_size_limit` keeps at `max_wal_bytes`. Writers wait meanwhile: that is
+    /// the back-pressure that keeps disk use bounded by the data, not by the write rate.
+    fn bound_wal(&mut self) {
+        match restart_wal_over(&self.conn, &self.wal_path, self.max_wal_bytes) {
+            Ok(WalCheckpoint::NotNeeded) => {}
+            Ok(WalCheckpoint::Done { wal_bytes }) => {
+                tracing::debug!(wal_bytes, "WAL checkpointed by the writer");
+            }
+            Ok(WalCheckpoint::Busy { wal_bytes }) => tracing::warn!(
+                wal_bytes,
+                "WAL checkpoint blocked by readers; the writer retries after its next commit"
+            ),
+            Err(error) => {
+                // Everything acknowledged is in the log, but it can no longer be bounded.
+                tracing::error!(%error, "WAL checkpoint failed; refusing further writes");
+                self.writable.send_replace(false);
+            }
+        }
+    }
+
     /// Signs a checkpoint of the committed log in a transaction of its own.
     fn sign_checkpoint(&mut self) {
         let tip = self.signer.tip.clone();
@@ -563,6 +680,7 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .and_then(|tx| {
+                fault::hit(Point::SignCheckpoint)?;
                 self.signer.sign(&tx, &tip)?;
                 tx.commit()
             });
@@ -585,6 +703,7 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        fault::hit(Point::BeforeInsert)?;
         let mut outcomes = Vec::with_capacity(group.len());
         for job in group {
             // A refused request writes nothing (see `insert_job`), so requests need no savepoint
@@ -597,16 +716,49 @@ impl Writer {
             }
             outcomes.push(outcome);
         }
+        fault::hit(Point::BeforeCommit)?;
         // A due checkpoint rides on this commit: no extra fsync.
         let signed = self.signer.due(&tip);
         if signed {
+            fault::hit(Point::SignCheckpoint)?;
             self.signer.sign(&tx, &tip)?;
         }
+        // An injected commit failure drops the transaction, which rolls it back.
+        fault::hit(Point::Commit)?;
         tx.commit()?;
+        // The commit is on disk, but the store is told it failed (as a lost fsync reply would).
+        fault::hit(Point::AfterCommit)?;
         self.next_sequence = next;
         self.signer.committed(tip, signed);
         Ok(outcomes)
     }
+}
+
+/// What [`restart_wal_over`] did.
+enum WalCheckpoint {
+    NotNeeded,
+    Done { wal_bytes: u64 },
+    Busy { wal_bytes: u64 },
+}
+
+/// Runs a RESTART checkpoint on the write connection if the log at `wal_path` is larger than
+/// `max_bytes` (see [`Writer::bound_wal`]).
+fn restart_wal_over(
+    conn: &Connection,
+    wal_path: &Path,
+    max_bytes: u64,
+) -> Result<WalCheckpoint, rusqlite::Error> {
+    let wal_bytes = fs::metadata(wal_path).map_or(0, |m| m.len());
+    if wal_bytes <= max_bytes {
+        return Ok(WalCheckpoint::NotNeeded);
+    }
+    fault::hit(Point::WalCheckpoint)?;
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get(0))?;
+    Ok(if busy == 0 {
+        WalCheckpoint::Done { wal_bytes }
+    } else {
+        WalCheckpoint::Busy { wal_bytes }
+    })
 }
 
 /// Inserts the entries of one request, assigning sequences from `next` and chaining them to
@@ -726,12 +878,21 @@ pub struct DirectWriter {
     next_sequence: u64,
     /// Chain value after the newest entry, kept in memory as the server's writer keeps it.
     chain: Hash,
+    /// Checkpoints as the server's store does: in the background, and by the writer at the
+    /// default WAL bound. Its thread ends when this is dropped.
+    _checkpointer: Checkpointer,
+    wal_path: PathBuf,
 }
+
+/// The WAL bound of [`DirectWriter`]: the server's default.
+const DIRECT_MAX_WAL_BYTES: u64 = 64 << 20;
 
 impl DirectWriter {
     /// Opens (creating if needed) `audit.db` in `data_dir`, which no server may be using.
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
-        let conn = open_writer(&data_dir.join("audit.db"))?;
+        let path = data_dir.join("audit.db");
+        let conn = open_writer(&path)?;
+        bound_wal_file(&conn, DIRECT_MAX_WAL_BYTES)?;
         let head: i64 = conn.query_row(
             "SELECT COALESCE(MAX(sequence), 0) FROM entries",
             [],
@@ -742,6 +903,8 @@ impl DirectWriter {
             conn,
             next_sequence: head as u64 + 1,
             chain,
+            _checkpointer: Checkpointer::spawn(&path)?,
+            wal_path: wal_path(&path),
         })
     }
 
@@ -764,6 +927,7 @@ impl DirectWriter {
             self.chain = newest.chain_hash;
         }
         self.next_sequence = next;
+        restart_wal_over(&self.conn, &self.wal_path, DIRECT_MAX_WAL_BYTES)?;
         Ok(())
     }
 }
@@ -930,6 +1094,7 @@ mod tests {
                 every_entries: 10,
                 interval: std::time::Duration::from_secs(60),
             },
+            max_wal_bytes: 64 << 20,
         };
         let store = SqliteStore::open(dir.path(), &options).expect("open");
         let entries: Vec<_> = (0..60).map(new_entry).collect();
