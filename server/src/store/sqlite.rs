@@ -15,7 +15,7 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use audit_ledger::{Hash, PublicKey};
 use audit_proto::pb::AuditEntry;
@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use super::fault::{self, Point};
 use super::filter_sql::{caller_identity, condition};
 use super::ledger::{self, Checkpointing, Signer, StoredCheckpoint};
-use super::recent::{self, Recent};
+use super::recent::{self, Kept, Recent};
 use super::{Direction, Page, Read, Receipt, Store};
 use crate::error::Error;
 use crate::validate::{NewEntry, timestamp_nanos};
@@ -101,7 +101,7 @@ struct Inner {
     max_pending_bytes: u32,
     readers: Readers,
     /// The newest committed entries, which answer the reads of subscribers that keep up.
-    recent: Arc<Mutex<Recent>>,
+    recent: Arc<RwLock<Recent>>,
     head: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -170,7 +170,7 @@ impl SqliteStore {
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32)
             .max(1);
-        let recent = Arc::new(Mutex::new(Recent::new(
+        let recent = Arc::new(RwLock::new(Recent::new(
             recent::MAX_ENTRIES,
             recent::MAX_BYTES,
         )));
@@ -371,8 +371,9 @@ impl Store for SqliteStore {
     }
 
     async fn read(&self, read: Read) -> Result<Page, Error> {
-        if let Some(page) = self.inner.recent.lock().expect("recent lock").read(&read) {
-            return Ok(page);
+        let shared = self.inner.recent.read().expect("recent lock").read(&read);
+        if let Some(shared) = shared {
+            return Ok(shared.into_page());
         }
         self.inner
             .readers
@@ -510,7 +511,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
 struct Writer {
     conn: Connection,
     jobs: mpsc::UnboundedReceiver<WriteJob>,
-    recent: Arc<Mutex<Recent>>,
+    recent: Arc<RwLock<Recent>>,
     next_sequence: u64,
     max_group_entries: usize,
     head: watch::Sender<u64>,
@@ -621,7 +622,7 @@ impl Writer {
         outcomes: &[Result<Vec<Receipt>, JobFailure>],
         first_sequence: u64,
     ) {
-        let mut recent = self.recent.lock().expect("recent lock");
+        let mut kept = Vec::new();
         let mut expected = first_sequence;
         for (job, outcome) in group.iter_mut().zip(outcomes) {
             let Ok(receipts) = outcome else { continue };
@@ -630,10 +631,15 @@ impl Writer {
                     let mut entry = new.entry;
                     entry.entry_hash = receipt.entry_hash.to_vec();
                     entry.chain_hash = receipt.chain_hash.to_vec();
-                    recent.push(entry, expected);
+                    kept.push(Kept::new(entry, expected));
                     expected += 1;
                 }
             }
+        }
+        // Prepared above, so that subscribers' reads wait only for the pushes.
+        let mut recent = self.recent.write().expect("recent lock");
+        for kept in kept {
+            recent.push(kept);
         }
         if expected != self.next_sequence {
             // Never expected; the database stays the truth, so drop the window.
@@ -1170,10 +1176,11 @@ mod tests {
                     let memory = store
                         .inner
                         .recent
-                        .lock()
+                        .read()
                         .unwrap()
                         .read(&read)
-                        .expect("in the recent window");
+                        .expect("in the recent window")
+                        .into_page();
                     let database = store
                         .inner
                         .readers
