@@ -182,3 +182,31 @@ impl Subscribers {
         all
     }
 }
+
+/// Subscribers that open their streams and never read them, as a stuck consumer would. Each
+/// has its own connection with a 64 KiB stream window (HTTP/2's default; tonic's own is 2 MiB),
+/// so that the server's sends to it stop after a few hundred entries.
+pub struct Stalled {
+    _streams: Vec<tonic::Streaming<pb::SubscribeResponse>>,
+}
+
+impl Stalled {
+    /// Opens `count` subscriptions from now with an empty filter.
+    pub async fn open(uri: &str, count: usize) -> anyhow::Result<Self> {
+        let mut streams = Vec::with_capacity(count);
+        for _ in 0..count {
+            let channel = Endpoint::from_shared(uri.to_string())?
+                .initial_stream_window_size(65_535)
+                .connect()
+                .await
+                .context("stalled subscriber connect")?;
+            let stream = pb::audit_service_client::AuditServiceClient::new(channel)
+                .subscribe(pb::SubscribeRequest::default())
+                .await
+                .context("stalled subscribe")?
+                .into_inner();
+            streams.push(stream);
+        }
+        Ok(Stalled { _streams: streams })
+    }
+}
