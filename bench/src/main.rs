@@ -57,7 +57,8 @@ struct Args {
     #[arg(long)]
     no_postgres: bool,
 
-    /// Run only the cases whose name contains this text (to profile one case).
+    /// Run only the cases whose name contains this text, or one of several separated by commas
+    /// (to profile one case, or to compare a few in one run).
     #[arg(long)]
     only: Option<String>,
 
@@ -342,7 +343,9 @@ struct Bench {
 
 impl Bench {
     fn wants(&self, key: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| key.contains(only))
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|part| key.contains(part)))
     }
 
     /// A fresh directory for one case.

@@ -82,8 +82,9 @@ pub struct Options {
     pub read_connections: usize,
     /// Signing of checkpoints.
     pub checkpointing: Checkpointing,
-    /// Largest the write-ahead log may grow (plus one group) before the writer checkpoints it
-    /// itself, making writers wait, instead of leaving it to the background checkpointer.
+    /// Largest the write-ahead log may grow before the writer checkpoints it itself, making
+    /// writers wait, instead of leaving it to the background checkpointer. It can pass the bound
+    /// by the groups committed while such a checkpoint finds the checkpoint lock taken.
     pub max_wal_bytes: u64,
 }
 
@@ -667,9 +668,10 @@ impl Writer {
             Ok(WalCheckpoint::Done { wal_bytes }) => {
                 tracing::debug!(wal_bytes, "WAL checkpointed by the writer");
             }
-            Ok(WalCheckpoint::Busy { wal_bytes }) => tracing::warn!(
+            // Expected now and then: the background checkpointer holds the checkpoint lock.
+            Ok(WalCheckpoint::Busy { wal_bytes }) => tracing::debug!(
                 wal_bytes,
-                "WAL checkpoint blocked by readers; the writer retries after its next commit"
+                "WAL checkpoint busy; the writer retries after its next commit"
             ),
             Err(error) => {
                 // Everything acknowledged is in the log, but it can no longer be bounded.
