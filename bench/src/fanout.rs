@@ -184,19 +184,19 @@ impl Subscribers {
 }
 
 /// Subscribers that open their streams and never read them, as a stuck consumer would. Each
-/// has its own connection with a 64 KiB stream window (HTTP/2's default; tonic's own is 2 MiB),
-/// so that the server's sends to it stop after a few hundred entries.
+/// has its own connection; the server's sends to it stop once its HTTP/2 stream window is full.
 pub struct Stalled {
     _streams: Vec<tonic::Streaming<pb::SubscribeResponse>>,
 }
 
 impl Stalled {
-    /// Opens `count` subscriptions from now with an empty filter.
-    pub async fn open(uri: &str, count: usize) -> anyhow::Result<Self> {
+    /// Opens `count` subscriptions from now with an empty filter and a stream window of
+    /// `window` bytes.
+    pub async fn open(uri: &str, count: usize, window: u32) -> anyhow::Result<Self> {
         let mut streams = Vec::with_capacity(count);
         for _ in 0..count {
             let channel = Endpoint::from_shared(uri.to_string())?
-                .initial_stream_window_size(65_535)
+                .initial_stream_window_size(window)
                 .connect()
                 .await
                 .context("stalled subscriber connect")?;

@@ -71,6 +71,11 @@ struct Args {
     #[arg(long)]
     seconds: Option<f64>,
 
+    /// HTTP/2 stream window of each stalled subscriber, in bytes: what it takes in before it
+    /// stalls (65535 is HTTP/2's default; tonic's client default is 2 MiB).
+    #[arg(long, default_value_t = 65_535)]
+    stalled_window_bytes: u32,
+
     /// Serve the no-op baseline server (used by the benchmark itself).
     #[arg(long, hide = true)]
     serve_noop: bool,
@@ -277,6 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     bench
         .stalled(
             plan.stalled_subscribers,
+            args.stalled_window_bytes,
             plan.fanout_writers,
             &factory,
             plan.timing,
@@ -592,6 +598,7 @@ impl Bench {
     async fn stalled(
         &mut self,
         subscribers: usize,
+        window: u32,
         writers: usize,
         factory: &Arc<EntryFactory>,
         timing: Timing,
@@ -601,7 +608,7 @@ impl Bench {
             return Ok(());
         }
         let server = self.start("audit").await?;
-        let stalled = fanout::Stalled::open(&server.uri(), subscribers).await?;
+        let stalled = fanout::Stalled::open(&server.uri(), subscribers, window).await?;
         let clients = connect(&server.uri(), writers.min(MAX_CONNECTIONS)).await?;
         let cpu = CpuMeter::start(&server);
         let work = Work::Record {
@@ -611,6 +618,8 @@ impl Bench {
         let mut case = Case::new(key, "audit");
         case.server_cpu_us_per_entry = cpu.per_entry_us(outcome.all_entries);
         case.subscribers = Some(subscribers);
+        case.notes
+            .insert("stream_window_bytes".into(), f64::from(window));
         case.server_peak_rss_mib = server.peak_rss_mib();
         case.server_rss_mib = server.rss_mib();
         // Gone before the server stops: a stream nobody reads would hold up its graceful
