@@ -76,6 +76,19 @@ struct Args {
     #[arg(long, default_value_t = 65_535)]
     stalled_window_bytes: u32,
 
+    /// Open the stalled subscribers in a process of their own, so that the load generator's
+    /// writers do not share a runtime with their connections.
+    #[arg(long)]
+    stalled_apart: bool,
+
+    /// Hold this many stalled subscribers to `--hold-stalled-uri` until killed (used by the
+    /// benchmark itself for `--stalled-apart`).
+    #[arg(long, hide = true, requires = "hold_stalled_uri")]
+    hold_stalled: Option<usize>,
+
+    #[arg(long, hide = true)]
+    hold_stalled_uri: Option<String>,
+
     /// Serve the no-op baseline server (used by the benchmark itself).
     #[arg(long, hide = true)]
     serve_noop: bool,
@@ -143,6 +156,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.serve_noop {
         return noop::main();
+    }
+    if let (Some(count), Some(uri)) = (args.hold_stalled, &args.hold_stalled_uri) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(fanout::Stalled::hold(uri, count, args.stalled_window_bytes));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -283,6 +302,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .stalled(
             plan.stalled_subscribers,
             args.stalled_window_bytes,
+            args.stalled_apart,
             plan.fanout_writers,
             &factory,
             plan.timing,
@@ -599,6 +619,7 @@ impl Bench {
         &mut self,
         subscribers: usize,
         window: u32,
+        apart: bool,
         writers: usize,
         factory: &Arc<EntryFactory>,
         timing: Timing,
@@ -608,7 +629,11 @@ impl Bench {
             return Ok(());
         }
         let server = self.start("audit").await?;
-        let stalled = fanout::Stalled::open(&server.uri(), subscribers, window).await?;
+        let stalled = if apart {
+            fanout::Stalled::apart(&self.noop_bin, &server.uri(), subscribers, window).await?
+        } else {
+            fanout::Stalled::open(&server.uri(), subscribers, window).await?
+        };
         let clients = connect(&server.uri(), writers.min(MAX_CONNECTIONS)).await?;
         let cpu = CpuMeter::start(&server);
         let work = Work::Record {
@@ -620,6 +645,8 @@ impl Bench {
         case.subscribers = Some(subscribers);
         case.notes
             .insert("stream_window_bytes".into(), f64::from(window));
+        case.notes
+            .insert("own_process".into(), if apart { 1.0 } else { 0.0 });
         case.server_peak_rss_mib = server.peak_rss_mib();
         case.server_rss_mib = server.rss_mib();
         // Gone before the server stops: a stream nobody reads would hold up its graceful
