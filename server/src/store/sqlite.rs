@@ -82,9 +82,9 @@ pub struct Options {
     pub read_connections: usize,
     /// Signing of checkpoints.
     pub checkpointing: Checkpointing,
-    /// Largest the write-ahead log may grow before the writer checkpoints it itself, making
-    /// writers wait, instead of leaving it to the background checkpointer. It can pass the bound
-    /// by the groups committed while such a checkpoint finds the checkpoint lock taken.
+    /// Largest the write-ahead log may grow (plus one group) before the writer checkpoints it
+    /// itself, making writers wait, instead of leaving it to the background checkpointer. Only
+    /// a checkpoint still blocked after a second (by readers of old snapshots) lets it grow on.
     pub max_wal_bytes: u64,
 }
 
@@ -668,10 +668,9 @@ impl Writer {
             Ok(WalCheckpoint::Done { wal_bytes }) => {
                 tracing::debug!(wal_bytes, "WAL checkpointed by the writer");
             }
-            // Expected now and then: the background checkpointer holds the checkpoint lock.
-            Ok(WalCheckpoint::Busy { wal_bytes }) => tracing::debug!(
+            Ok(WalCheckpoint::Busy { wal_bytes }) => tracing::warn!(
                 wal_bytes,
-                "WAL checkpoint busy; the writer retries after its next commit"
+                "WAL checkpoint still busy after 1 s; the writer retries after its next commit"
             ),
             Err(error) => {
                 // Everything acknowledged is in the log, but it can no longer be bounded.
@@ -761,13 +760,23 @@ fn restart_wal_over(
         return Ok(WalCheckpoint::NotNeeded);
     }
     fault::hit(Point::WalCheckpoint)?;
-    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get(0))?;
-    Ok(if busy == 0 {
-        WalCheckpoint::Done { wal_bytes }
-    } else {
-        WalCheckpoint::Busy { wal_bytes }
-    })
+    // SQLite answers busy at once, without its busy handler, while the background checkpointer
+    // holds the checkpoint lock; retry for a while (writers wait) rather than let the log grow.
+    let started = std::time::Instant::now();
+    loop {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get(0))?;
+        if busy == 0 {
+            return Ok(WalCheckpoint::Done { wal_bytes });
+        }
+        if started.elapsed() >= WAL_CHECKPOINT_PATIENCE {
+            return Ok(WalCheckpoint::Busy { wal_bytes });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
+
+/// How long the writer keeps retrying a busy WAL checkpoint before it commits again.
+const WAL_CHECKPOINT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Inserts the entries of one request, assigning sequences from `next` and chaining them to
 /// `chain`, the chain value after the entry before (`next - 1`).
@@ -1087,6 +1096,40 @@ mod tests {
             recorder: None,
         };
         validate::entry(entry, "entry", None, &context, &Limits::default()).expect("valid")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_near_its_bound_and_disk_usage_reports_it() {
+        const BOUND: u64 = 128 * 1024;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = Options {
+            max_pending_bytes: 1 << 24,
+            max_group_entries: 64,
+            read_connections: 1,
+            checkpointing: Checkpointing {
+                signing_key: None,
+                log_name: "test".into(),
+                every_entries: 1000,
+                interval: std::time::Duration::from_secs(60),
+            },
+            max_wal_bytes: BOUND,
+        };
+        let store = SqliteStore::open(dir.path(), &options).expect("open");
+        let mut largest = 0;
+        for batch in 0..100 {
+            let entries = (0..20).map(|i| new_entry(batch * 20 + i)).collect();
+            store.append(entries).await.expect("append");
+            largest = largest.max(store.disk_usage().wal_bytes);
+        }
+        let usage = store.disk_usage();
+        assert!(usage.database_bytes > 0);
+        // One group's pages past the bound at most: the writer waits out the background
+        // checkpointer, and no reader holds an old snapshot.
+        assert!(
+            largest <= BOUND + 256 * 1024,
+            "WAL reached {largest} bytes (bound {BOUND}); {usage:?}"
+        );
+        store.close().await;
     }
 
     #[tokio::test]
