@@ -81,7 +81,9 @@ async fn fault_at(point: &str, nth: u32, args: &[&str], refused_rule: Refused) {
     assert_eq!(
         seen.refused.len(),
         WRITERS,
-        "every writer was refused once the fault struck ({} acknowledged)",
+        "every writer was refused once the fault struck ({} acknowledged); the server must be \
+         built with audit-server's `fault-injection` feature, as `cargo build --workspace --bins` \
+         builds it",
         seen.acked.len()
     );
     assert_eq!(client.health("").await.unwrap(), ServingStatus::NotServing);
