@@ -182,3 +182,82 @@ impl Subscribers {
         all
     }
 }
+
+/// Subscribers that open their streams and never read them, as a stuck consumer would. Each
+/// has its own connection; the server's sends to it stop once its HTTP/2 stream window is full.
+pub struct Stalled {
+    _streams: Vec<tonic::Streaming<pb::SubscribeResponse>>,
+    /// The process holding them, when they run apart; killed on drop.
+    _process: Option<tokio::process::Child>,
+}
+
+impl Stalled {
+    /// Opens `count` subscriptions from now with an empty filter and a stream window of
+    /// `window` bytes.
+    pub async fn open(uri: &str, count: usize, window: u32) -> anyhow::Result<Self> {
+        let mut streams = Vec::with_capacity(count);
+        for _ in 0..count {
+            let channel = Endpoint::from_shared(uri.to_string())?
+                .initial_stream_window_size(window)
+                .connect()
+                .await
+                .context("stalled subscriber connect")?;
+            let stream = pb::audit_service_client::AuditServiceClient::new(channel)
+                .subscribe(pb::SubscribeRequest::default())
+                .await
+                .context("stalled subscribe")?
+                .into_inner();
+            streams.push(stream);
+        }
+        Ok(Stalled {
+            _streams: streams,
+            _process: None,
+        })
+    }
+
+    /// Opens them in a child process (`program --hold-stalled`), once it says they are open.
+    pub async fn apart(
+        program: &std::path::Path,
+        uri: &str,
+        count: usize,
+        window: u32,
+    ) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(program)
+            .arg("--hold-stalled")
+            .arg(count.to_string())
+            .arg("--hold-stalled-uri")
+            .arg(uri)
+            .arg("--stalled-window-bytes")
+            .arg(window.to_string())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start the stalled subscribers' process")?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .context("stalled subscribers did not open within 120 s")??;
+        anyhow::ensure!(
+            line.as_deref() == Some("stalled ready"),
+            "unexpected {line:?}"
+        );
+        Ok(Stalled {
+            _streams: Vec::new(),
+            _process: Some(child),
+        })
+    }
+
+    /// The child's side of [`Stalled::apart`]: opens them, says so, and holds them until the
+    /// parent kills it.
+    pub async fn hold(uri: &str, count: usize, window: u32) -> anyhow::Result<()> {
+        use std::io::Write;
+        let _stalled = Stalled::open(uri, count, window).await?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "stalled ready")?;
+        stdout.flush()?;
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}

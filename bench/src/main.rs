@@ -57,7 +57,8 @@ struct Args {
     #[arg(long)]
     no_postgres: bool,
 
-    /// Run only the cases whose name contains this text (to profile one case).
+    /// Run only the cases whose name contains this text, or one of several separated by commas
+    /// (to profile one case, or to compare a few in one run).
     #[arg(long)]
     only: Option<String>,
 
@@ -69,6 +70,24 @@ struct Args {
     /// Seconds each case measures, after its warm-up (default 3, or 0.25 with --quick).
     #[arg(long)]
     seconds: Option<f64>,
+
+    /// HTTP/2 stream window of each stalled subscriber, in bytes: what it takes in before it
+    /// stalls (65535 is HTTP/2's default; tonic's client default is 2 MiB).
+    #[arg(long, default_value_t = 65_535)]
+    stalled_window_bytes: u32,
+
+    /// Open the stalled subscribers in a process of their own, so that the load generator's
+    /// writers do not share a runtime with their connections.
+    #[arg(long)]
+    stalled_apart: bool,
+
+    /// Hold this many stalled subscribers to `--hold-stalled-uri` until killed (used by the
+    /// benchmark itself for `--stalled-apart`).
+    #[arg(long, hide = true, requires = "hold_stalled_uri")]
+    hold_stalled: Option<usize>,
+
+    #[arg(long, hide = true)]
+    hold_stalled_uri: Option<String>,
 
     /// Serve the no-op baseline server (used by the benchmark itself).
     #[arg(long, hide = true)]
@@ -93,6 +112,9 @@ struct Plan {
     fanout_writers: usize,
     fanout_rate: u64,
     idle_subscribers: usize,
+    stalled_subscribers: usize,
+    /// How long the sustained-write case writes.
+    sustained: Duration,
     postgres_concurrency: Vec<usize>,
 }
 
@@ -108,6 +130,8 @@ impl Plan {
                 fanout_writers: 16,
                 fanout_rate: 1_000,
                 idle_subscribers: 100,
+                stalled_subscribers: 100,
+                sustained: Duration::from_secs(1),
                 postgres_concurrency: vec![1, 8],
             }
         } else {
@@ -120,6 +144,8 @@ impl Plan {
                 fanout_writers: 64,
                 fanout_rate: 10_000,
                 idle_subscribers: 1000,
+                stalled_subscribers: 1000,
+                sustained: Duration::from_secs(60),
                 postgres_concurrency: vec![1, 64],
             }
         }
@@ -130,6 +156,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.serve_noop {
         return noop::main();
+    }
+    if let (Some(count), Some(uri)) = (args.hold_stalled, &args.hold_stalled_uri) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(fanout::Stalled::hold(uri, count, args.stalled_window_bytes));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -266,7 +298,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .fanout_delivery(subscribers, plan.fanout_rate, &factory, plan.timing)
             .await?;
     }
+    bench
+        .stalled(
+            plan.stalled_subscribers,
+            args.stalled_window_bytes,
+            args.stalled_apart,
+            plan.fanout_writers,
+            &factory,
+            plan.timing,
+        )
+        .await?;
     bench.idle(plan.idle_subscribers).await?;
+    bench.sustained(plan.sustained, &factory).await?;
 
     let sizes: Vec<&str> = SIZES.iter().map(|(name, _)| *name).collect();
     bench.report.duration_secs = started.elapsed().as_secs_f64();
@@ -295,8 +338,17 @@ fn fmt_secs(d: Duration) -> String {
 /// The calls of a served case.
 #[derive(Debug, Clone, Copy)]
 enum Work {
-    Record { concurrency: usize },
-    Batch { batch: usize },
+    Record {
+        concurrency: usize,
+    },
+    Batch {
+        batch: usize,
+    },
+    /// RecordBatch calls from `writers` concurrent callers, one connection each.
+    Batches {
+        batch: usize,
+        writers: usize,
+    },
 }
 
 /// The PostgreSQL write patterns.
@@ -317,7 +369,9 @@ struct Bench {
 
 impl Bench {
     fn wants(&self, key: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| key.contains(only))
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|part| key.contains(part)))
     }
 
     /// A fresh directory for one case.
@@ -381,6 +435,7 @@ impl Bench {
         let connections = match work {
             Work::Record { concurrency } => concurrency.min(MAX_CONNECTIONS),
             Work::Batch { .. } => 1,
+            Work::Batches { writers, .. } => writers,
         };
         let clients = connect(&server.uri(), connections).await?;
         let cpu = CpuMeter::start(&server);
@@ -558,6 +613,126 @@ impl Bench {
         Ok(())
     }
 
+    /// Write throughput (as `fanout throughput`) while `subscribers` subscribers that never
+    /// read hold their streams open; compare with `fanout throughput subs=0` of the same run.
+    async fn stalled(
+        &mut self,
+        subscribers: usize,
+        window: u32,
+        apart: bool,
+        writers: usize,
+        factory: &Arc<EntryFactory>,
+        timing: Timing,
+    ) -> anyhow::Result<()> {
+        let key = format!("stalled subscribers {subscribers}");
+        if !self.wants(&key) {
+            return Ok(());
+        }
+        let server = self.start("audit").await?;
+        let stalled = if apart {
+            fanout::Stalled::apart(&self.noop_bin, &server.uri(), subscribers, window).await?
+        } else {
+            fanout::Stalled::open(&server.uri(), subscribers, window).await?
+        };
+        let clients = connect(&server.uri(), writers.min(MAX_CONNECTIONS)).await?;
+        let cpu = CpuMeter::start(&server);
+        let work = Work::Record {
+            concurrency: writers,
+        };
+        let mut outcome = drive(clients, work, factory.clone(), timing).await;
+        let mut case = Case::new(key, "audit");
+        case.server_cpu_us_per_entry = cpu.per_entry_us(outcome.all_entries);
+        case.subscribers = Some(subscribers);
+        case.notes
+            .insert("stream_window_bytes".into(), f64::from(window));
+        case.notes
+            .insert("own_process".into(), if apart { 1.0 } else { 0.0 });
+        case.server_peak_rss_mib = server.peak_rss_mib();
+        case.server_rss_mib = server.rss_mib();
+        // Gone before the server stops: a stream nobody reads would hold up its graceful
+        // shutdown.
+        drop(stalled);
+        server.stop().await?;
+        self.record(case, &mut outcome);
+        Ok(())
+    }
+
+    /// `RecordBatch` of 20 entries from 4 writers for `duration`, with the database and its
+    /// write-ahead log measured on disk: bytes per entry stored, at the end and at the WAL's
+    /// largest.
+    async fn sustained(
+        &mut self,
+        duration: Duration,
+        factory: &Arc<EntryFactory>,
+    ) -> anyhow::Result<()> {
+        const BATCH: usize = 20;
+        const WRITERS: usize = 4;
+        let key = format!(
+            "sustained batch {BATCH} x{WRITERS} {}s",
+            duration.as_secs_f64()
+        );
+        if !self.wants(&key) {
+            return Ok(());
+        }
+        let server = self.start("audit").await?;
+        let data = self
+            .root
+            .join(format!("case-{:03}", self.cases))
+            .join("data");
+        let (database, wal) = (data.join("audit.db"), data.join("audit.db-wal"));
+        let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let clients = connect(&server.uri(), WRITERS).await?;
+        let cpu = CpuMeter::start(&server);
+        let largest_wal = Arc::new(AtomicU64::new(0));
+        let watcher = {
+            let (largest_wal, wal) = (largest_wal.clone(), wal.clone());
+            tokio::spawn(async move {
+                loop {
+                    largest_wal.fetch_max(size(&wal), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let timing = Timing {
+            warmup: Duration::ZERO,
+            measure: duration,
+        };
+        let work = Work::Batches {
+            batch: BATCH,
+            writers: WRITERS,
+        };
+        let mut outcome = drive(clients, work, factory.clone(), timing).await;
+        watcher.abort();
+        let mut case = Case::new(key, "audit");
+        case.server_cpu_us_per_entry = cpu.per_entry_us(outcome.all_entries);
+        let stored = outcome.all_entries.max(1) as f64;
+        let (database_bytes, wal_bytes) = (size(&database), size(&wal));
+        let largest = largest_wal.load(Ordering::Relaxed).max(wal_bytes);
+        for (name, value) in [
+            ("database_bytes", database_bytes as f64),
+            ("wal_bytes", wal_bytes as f64),
+            ("largest_wal_bytes", largest as f64),
+            ("database_bytes_per_entry", database_bytes as f64 / stored),
+            ("wal_bytes_per_entry", wal_bytes as f64 / stored),
+            ("largest_wal_bytes_per_entry", largest as f64 / stored),
+        ] {
+            case.notes.insert(name.into(), value);
+        }
+        eprintln!(
+            "  {}: database {:.1} MiB, WAL {:.1} MiB (largest {:.1} MiB) for {} entries",
+            case.key,
+            database_bytes as f64 / 1048576.0,
+            wal_bytes as f64 / 1048576.0,
+            largest as f64 / 1048576.0,
+            outcome.all_entries
+        );
+        case.server_peak_rss_mib = server.peak_rss_mib();
+        case.server_rss_mib = server.rss_mib();
+        server.stop().await?;
+        self.record(case, &mut outcome);
+        Ok(())
+    }
+
     /// Server memory with `subscribers` idle subscribers, each on its own connection.
     async fn idle(&mut self, subscribers: usize) -> anyhow::Result<()> {
         let key = format!("idle subscribers {subscribers}");
@@ -627,8 +802,12 @@ async fn drive(
             })
             .await
         }
-        Work::Batch { batch } => {
-            closed_loop(BATCH_CONCURRENCY, timing, move |worker| {
+        Work::Batch { batch } | Work::Batches { batch, .. } => {
+            let writers = match work {
+                Work::Batches { writers, .. } => writers,
+                _ => BATCH_CONCURRENCY,
+            };
+            closed_loop(writers, timing, move |worker| {
                 let mut client = clients[worker % clients.len()].clone();
                 let entries = factory.batch(batch);
                 async move {

@@ -236,6 +236,25 @@ impl Report {
                 met: Some(drop <= 0.10),
             });
         }
+        if let (Some(base), Some(with)) = (
+            fanout_base,
+            self.cases
+                .iter()
+                .find(|c| c.key.starts_with("stalled subscribers")),
+        ) {
+            let drop = 1.0 - with.entries_per_sec / base;
+            targets.push(Ratio {
+                name: format!(
+                    "write throughput lost to {} stalled subscribers",
+                    with.subscribers.unwrap_or(0)
+                ),
+                ours: with.key.clone(),
+                baseline: "fanout throughput subs=0".into(),
+                value: drop,
+                target: Some("<= 0.10".into()),
+                met: Some(drop <= 0.10),
+            });
+        }
         if let Some(case) = self.case("fanout delivery subs=100")
             && let Some(delivery) = case.delivery
         {

@@ -249,6 +249,12 @@ pub struct Limits {
     #[arg(long, env = "AUDIT_MAX_GROUP_ENTRIES", default_value_t = 8192)]
     pub max_group_entries: usize,
 
+    /// Largest the write-ahead log (`audit.db-wal`) should grow, in bytes: beyond it the writer
+    /// checkpoints the log into the database before the next commit, and writers wait
+    /// meanwhile. SQLite also cuts the file back to this size when it reuses it.
+    #[arg(long, env = "AUDIT_MAX_WAL_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_wal_bytes: u64,
+
     /// Query page size when the request gives none.
     #[arg(long, env = "AUDIT_DEFAULT_PAGE_SIZE", default_value_t = 100)]
     pub default_page_size: u32,

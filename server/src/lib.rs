@@ -67,6 +67,7 @@ impl AuditServer {
                 max_group_entries: limits.max_group_entries,
                 read_connections: limits.read_connections,
                 checkpointing: config.checkpoints.checkpointing(),
+                max_wal_bytes: limits.max_wal_bytes,
             },
         )?;
         Ok(Self {

@@ -73,17 +73,36 @@ impl TestServer {
 
     /// Starts a server on an existing (or new) data directory; the caller keeps it alive.
     pub async fn start_in(data_dir: &Path, args: &[&str]) -> Self {
-        Self::launch(data_dir, "127.0.0.1:0", args).await
+        Self::launch(data_dir, "127.0.0.1:0", args, &Launch::default()).await
     }
 
     /// Starts a server on `addr` (e.g. the address of a stopped one, to bring it back).
     pub async fn start_on(addr: SocketAddr, data_dir: &Path, args: &[&str]) -> Self {
-        Self::launch(data_dir, &addr.to_string(), args).await
+        Self::launch(data_dir, &addr.to_string(), args, &Launch::default()).await
     }
 
-    async fn launch(data_dir: &Path, listen: &str, args: &[&str]) -> Self {
+    /// Starts a server on `data_dir` with extra environment and process limits. A `restart`
+    /// of it starts the plain server again.
+    pub async fn start_launched(data_dir: &Path, args: &[&str], launch: &Launch) -> Self {
+        Self::launch(data_dir, "127.0.0.1:0", args, launch).await
+    }
+
+    async fn launch(data_dir: &Path, listen: &str, args: &[&str], launch: &Launch) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let mut child = Command::new(binary("audit-server"))
+        let mut command = match launch.max_file_bytes {
+            // prlimit execs the server, so the child's pid is the server's.
+            Some(bytes) => {
+                let mut command = Command::new("prlimit");
+                command
+                    .arg(format!("--fsize={bytes}"))
+                    .arg("--")
+                    .arg(binary("audit-server"));
+                command
+            }
+            None => Command::new(binary("audit-server")),
+        };
+        let mut child = command
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
@@ -185,7 +204,13 @@ impl TestServer {
 
     async fn relaunch(mut self) -> Self {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let mut server = Self::launch(&self.data_dir, &self.addr.to_string(), &args).await;
+        let mut server = Self::launch(
+            &self.data_dir,
+            &self.addr.to_string(),
+            &args,
+            &Launch::default(),
+        )
+        .await;
         server._temp = self._temp.take();
         server
     }
@@ -207,6 +232,20 @@ impl TestServer {
             .expect("audit-server exited in time")
             .expect("wait for audit-server")
     }
+}
+
+/// How to start a server process beyond its flags.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Environment variables to set.
+    pub env: Vec<(String, String)>,
+    /// No file may grow beyond this many bytes (`prlimit --fsize`), as on a full disk.
+    pub max_file_bytes: Option<u64>,
+}
+
+/// The size of a file, 0 if it does not exist.
+pub fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// A valid entry from `source` for `method`, with outcome SUCCESS.

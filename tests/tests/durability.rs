@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use audit_client::{Client, ServingStatus, pb};
-use audit_tests::{PATIENCE, TestServer, all_entries, binary, entry};
+use audit_tests::{Launch, PATIENCE, TestServer, all_entries, binary, entry};
 use pb::subscribe_response::Message;
 use tonic::Code;
 
@@ -257,6 +257,54 @@ async fn a_failing_store_reports_not_serving_refuses_writes_and_keeps_what_it_ha
         .await
         .expect("writes work again after the restart");
     assert_eq!(next.sequence, acked + 1);
+    drop(data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_a_full_disk_starts_not_serving_and_still_answers_reads() {
+    let mut server = TestServer::start().await;
+    let client = server.client().await;
+    for i in 0..20 {
+        client
+            .record(entry("app", "/a.B/C").resource(format!("{i}")).build())
+            .await
+            .expect("record");
+    }
+    let before = all_entries(&client).await;
+    let data = server.keep_data_dir().expect("temp dir");
+    let data_dir = server.data_dir.clone();
+    assert!(server.stop().await.success());
+
+    // The disk is still full: no file may grow beyond 64 KiB (room for SQLite's shared-memory
+    // index, not for a megabyte of entries).
+    let launch = Launch {
+        max_file_bytes: Some(64 * 1024),
+        ..Launch::default()
+    };
+    let server = TestServer::start_launched(&data_dir, &[], &launch).await;
+    let client = server.client().await;
+    assert_eq!(client.health("").await.unwrap(), ServingStatus::NotServing);
+    assert_eq!(
+        client.health(audit_client::SERVICE_NAME).await.unwrap(),
+        ServingStatus::NotServing
+    );
+    let refused = client
+        .record(entry("app", "/a.B/C").build())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unavailable), "{refused:?}");
+    assert_eq!(all_entries(&client).await, before);
+    assert!(server.stop().await.success());
+
+    // With room again, it serves and continues the log.
+    let server = TestServer::start_in(&data_dir, &[]).await;
+    let client = server.client().await;
+    assert_eq!(client.health("").await.unwrap(), ServingStatus::Serving);
+    let next = client
+        .record(entry("app", "/a.B/C").build())
+        .await
+        .expect("record once there is room");
+    assert_eq!(next.sequence, 21);
     drop(data);
 }
 

@@ -197,13 +197,7 @@ pub async fn key(
             std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?
         }
-        None => {
-            connect()
-                .await?
-                .checkpoint_response(0)
-                .await?
-                .public_key
-        }
+        None => connect().await?.checkpoint_response(0).await?.public_key,
     };
     let key = PublicKey::from_text(&text).context("not a public key")?;
     println!("{}", key.to_text());

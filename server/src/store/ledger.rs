@@ -668,6 +668,7 @@ mod tests {
                 copy_dir: None,
                 startup_check: StartupCheck::Full,
             },
+            max_wal_bytes: 64 << 20,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Persistence of the audit log behind one small trait, and its embedded SQLite implementation.
 
+mod fault;
 mod filter_sql;
 pub mod ledger;
 mod recent;

@@ -3,6 +3,10 @@
 //! head; reads that fall inside the window are answered from it, the rest go to the database.
 //! It only ever holds a gapless run of sequences exactly as stored, so a read answered here is
 //! the read the database would answer.
+//!
+//! Many subscribers read it while the writer adds to it, so the lock is held only to find the
+//! entries: a read takes shared handles under a read lock and copies them after releasing it,
+//! and the writer prepares what it adds before it takes the write lock.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,10 +30,41 @@ pub struct Recent {
     max_bytes: usize,
 }
 
-struct Kept {
+/// An entry ready to be added to the window.
+pub struct Kept {
     entry: Arc<AuditEntry>,
     /// Encoded size as stored (what a database read counts against its byte limit).
     bytes: usize,
+}
+
+impl Kept {
+    /// A committed entry stored with `sequence` (its `sequence` field still 0, as in the
+    /// database).
+    pub fn new(mut entry: AuditEntry, sequence: u64) -> Self {
+        let bytes = entry.encoded_len();
+        entry.sequence = sequence;
+        Kept {
+            entry: Arc::new(entry),
+            bytes,
+        }
+    }
+}
+
+/// A page answered from the window: shared handles to its entries, copied by [`Self::into_page`]
+/// once the window's lock is released.
+pub struct SharedPage {
+    entries: Vec<Arc<AuditEntry>>,
+    exhausted: bool,
+}
+
+impl SharedPage {
+    /// The page with its own copies of the entries.
+    pub fn into_page(self) -> Page {
+        Page {
+            entries: self.entries.iter().map(|e| AuditEntry::clone(e)).collect(),
+            exhausted: self.exhausted,
+        }
+    }
 }
 
 impl Recent {
@@ -42,19 +77,16 @@ impl Recent {
         }
     }
 
-    /// Adds a committed entry, stored with `sequence` (its `sequence` field still 0, as in the
-    /// database). An entry that does not follow the newest one starts a new window.
-    pub fn push(&mut self, mut entry: AuditEntry, sequence: u64) {
-        if self.last().is_some_and(|last| last + 1 != sequence) {
+    /// Adds a committed entry. An entry that does not follow the newest one starts a new window.
+    pub fn push(&mut self, kept: Kept) {
+        if self
+            .last()
+            .is_some_and(|last| last + 1 != kept.entry.sequence)
+        {
             self.clear();
         }
-        let bytes = entry.encoded_len();
-        entry.sequence = sequence;
-        self.entries.push_back(Kept {
-            entry: Arc::new(entry),
-            bytes,
-        });
-        self.bytes += bytes;
+        self.bytes += kept.bytes;
+        self.entries.push_back(kept);
         while self.entries.len() > self.max_entries
             || (self.bytes > self.max_bytes && self.entries.len() > 1)
         {
@@ -80,7 +112,7 @@ impl Recent {
 
     /// Answers an ascending read whose whole range, `after` (exclusive) to `through`, is in the
     /// window; `None` otherwise. Same page and `exhausted` rules as the database read.
-    pub fn read(&self, read: &Read) -> Option<Page> {
+    pub fn read(&self, read: &Read) -> Option<SharedPage> {
         let Direction::Ascending { after } = read.direction else {
             return None;
         };
@@ -88,7 +120,7 @@ impl Recent {
         if after.saturating_add(1) < first || read.through > last {
             return None;
         }
-        let mut page = Page {
+        let mut page = SharedPage {
             entries: Vec::new(),
             exhausted: true,
         };
@@ -108,7 +140,7 @@ impl Recent {
                 break;
             }
             bytes += kept.bytes;
-            page.entries.push(AuditEntry::clone(&kept.entry));
+            page.entries.push(kept.entry.clone());
         }
         Some(page)
     }
@@ -137,15 +169,19 @@ mod tests {
         }
     }
 
-    fn sequences(page: &Page) -> Vec<u64> {
+    fn sequences(page: &SharedPage) -> Vec<u64> {
         page.entries.iter().map(|e| e.sequence).collect()
+    }
+
+    fn push(recent: &mut Recent, entry: AuditEntry, sequence: u64) {
+        recent.push(Kept::new(entry, sequence));
     }
 
     #[test]
     fn answers_only_reads_inside_the_window() {
         let mut recent = Recent::new(3, usize::MAX);
         for sequence in 1..=5 {
-            recent.push(entry("a"), sequence);
+            push(&mut recent, entry("a"), sequence);
         }
         // Holds 3..=5.
         assert!(recent.read(&ascending(1, 5, 10)).is_none(), "2 was evicted");
@@ -161,7 +197,8 @@ mod tests {
     fn pages_like_the_database() {
         let mut recent = Recent::new(100, usize::MAX);
         for sequence in 11..=20 {
-            recent.push(
+            push(
+                &mut recent,
                 entry(if sequence % 2 == 0 { "even" } else { "odd" }),
                 sequence,
             );
@@ -182,9 +219,9 @@ mod tests {
     #[test]
     fn a_gap_starts_a_new_window() {
         let mut recent = Recent::new(100, usize::MAX);
-        recent.push(entry("a"), 1);
-        recent.push(entry("a"), 2);
-        recent.push(entry("a"), 7);
+        push(&mut recent, entry("a"), 1);
+        push(&mut recent, entry("a"), 2);
+        push(&mut recent, entry("a"), 7);
         assert!(recent.read(&ascending(0, 7, 10)).is_none());
         assert_eq!(sequences(&recent.read(&ascending(6, 7, 10)).unwrap()), [7]);
     }
@@ -192,8 +229,8 @@ mod tests {
     #[test]
     fn bytes_bound_the_window() {
         let mut recent = Recent::new(100, 1);
-        recent.push(entry("a"), 1);
-        recent.push(entry("b"), 2);
+        push(&mut recent, entry("a"), 1);
+        push(&mut recent, entry("b"), 2);
         assert!(recent.read(&ascending(0, 2, 10)).is_none());
         assert_eq!(sequences(&recent.read(&ascending(1, 2, 10)).unwrap()), [2]);
     }

@@ -15,7 +15,7 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use audit_ledger::{Hash, PublicKey};
 use audit_proto::pb::AuditEntry;
@@ -24,9 +24,10 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params_from_iter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+use super::fault::{self, Point};
 use super::filter_sql::{caller_identity, condition};
 use super::ledger::{self, Checkpointing, Signer, StoredCheckpoint};
-use super::recent::{self, Recent};
+use super::recent::{self, Kept, Recent};
 use super::{Direction, Page, Read, Receipt, Store};
 use crate::error::Error;
 use crate::validate::{NewEntry, timestamp_nanos};
@@ -49,6 +50,10 @@ pub struct Options {
     pub read_connections: usize,
     /// Signing of checkpoints.
     pub checkpointing: Checkpointing,
+    /// Largest the write-ahead log may grow (plus one group) before the writer checkpoints it
+    /// itself, making writers wait, instead of leaving it to the background checkpointer. Only
+    /// a checkpoint still blocked after a second (by readers of old snapshots) lets it grow on.
+    pub max_wal_bytes: u64,
 }
 
 /// The embedded SQLite store. Cheap to clone.
@@ -65,7 +70,7 @@ struct Inner {
     max_pending_bytes: u32,
     readers: Readers,
     /// The newest committed entries, which answer the reads of subscribers that keep up.
-    recent: Arc<Mutex<Recent>>,
+    recent: Arc<RwLock<Recent>>,
     head: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -74,6 +79,8 @@ struct Inner {
     public_key: PublicKey,
     /// Why the store opened read-only (its log did not verify), if it did.
     read_only: Option<String>,
+    /// The database file; its write-ahead log is beside it.
+    path: PathBuf,
     /// Held for the store's lifetime so that no second server writes the same database.
     _lock: File,
 }
@@ -110,6 +117,7 @@ impl SqliteStore {
                 .map_err(|e| Error::StoreFailed(format!("open {}: {e}", path.display())))?;
         }
         let (mut conn, migrated) = open_writer(&path)?;
+        bound_wal_file(&conn, options.max_wal_bytes)?;
         let checkpointer = Checkpointer::spawn(&path)?;
         // The database file's directory entry must be durable too; SQLite syncs it only for
         // journals.
@@ -127,13 +135,14 @@ impl SqliteStore {
         let public_key = signer.public_key();
         let readers = Readers::open(&path, options.read_connections.max(1))?;
         let (head_tx, head_rx) = watch::channel(head);
-        let (writable_tx, writable_rx) = watch::channel(read_only.is_none());
+        let writable = read_only.is_none() && probe_writable(&conn, data_dir);
+        let (writable_tx, writable_rx) = watch::channel(writable);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let max_pending_bytes = u32::try_from(options.max_pending_bytes)
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32)
             .max(1);
-        let recent = Arc::new(Mutex::new(Recent::new(
+        let recent = Arc::new(RwLock::new(Recent::new(
             recent::MAX_ENTRIES,
             recent::MAX_BYTES,
         )));
@@ -146,6 +155,8 @@ impl SqliteStore {
             head: head_tx,
             writable: writable_tx,
             signer,
+            wal_path: wal_path(&path),
+            max_wal_bytes: options.max_wal_bytes,
         };
         let handle = std::thread::Builder::new()
             .name("audit-store-writer".into())
@@ -165,9 +176,19 @@ impl SqliteStore {
                 checkpointer: Mutex::new(Some(checkpointer)),
                 public_key,
                 read_only,
+                path: path.clone(),
                 _lock: lock,
             }),
         })
+    }
+
+    /// Bytes the store takes on disk now: the database file and its write-ahead log.
+    pub fn disk_usage(&self) -> DiskUsage {
+        let size = |path: &Path| fs::metadata(path).map_or(0, |m| m.len());
+        DiskUsage {
+            database_bytes: size(&self.inner.path),
+            wal_bytes: size(&wal_path(&self.inner.path)),
+        }
     }
 
     /// Stops accepting writes, lets the writer commit what is queued, and waits for it.
@@ -187,6 +208,74 @@ impl SqliteStore {
             let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
         }
     }
+}
+
+/// Bytes the start-up probe writes beside the database: room for a few groups of entries. A
+/// store with less room starts refusing writes rather than fail its first ones.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Whether the store can write: a commit (SQLite writes and syncs its log) and `PROBE_BYTES`
+/// written, synced and removed in the data directory. A store restarted on a full disk then
+/// reports NOT_SERVING from the start and still answers reads.
+fn probe_writable(conn: &Connection, data_dir: &Path) -> bool {
+    let commit = || -> Result<(), Error> {
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        // Rewriting the header page with its own value changes nothing but is a real write.
+        let written = conn
+            .pragma_update(None, "user_version", version)
+            .and_then(|()| conn.execute_batch("COMMIT"));
+        if written.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        Ok(written?)
+    };
+    let room = || -> Result<(), Error> {
+        let path = data_dir.join("space-probe");
+        let written = File::create(&path)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &vec![0; PROBE_BYTES])?;
+                file.sync_all()
+            })
+            .map_err(|e| Error::StoreFailed(format!("write {}: {e}", path.display())));
+        let _ = fs::remove_file(&path);
+        written
+    };
+    match commit().and_then(|()| room()) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(
+                %error,
+                "store cannot write; serving reads only until a restart with room to write"
+            );
+            false
+        }
+    }
+}
+
+/// Bytes the store takes on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// The database file.
+    pub database_bytes: u64,
+    /// Its write-ahead log.
+    pub wal_bytes: u64,
+}
+
+fn wal_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Has SQLite cut the write-ahead log back to `max_bytes` whenever it restarts it from the
+/// beginning, so that a burst does not leave a large file behind.
+fn bound_wal_file(conn: &Connection, max_bytes: u64) -> Result<(), Error> {
+    let limit = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    conn.query_row(&format!("PRAGMA journal_size_limit = {limit}"), [], |_| {
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// How often committed pages are moved from the write-ahead log into the database file.
@@ -258,8 +347,9 @@ impl Store for SqliteStore {
     }
 
     async fn read(&self, read: Read) -> Result<Page, Error> {
-        if let Some(page) = self.inner.recent.lock().expect("recent lock").read(&read) {
-            return Ok(page);
+        let shared = self.inner.recent.read().expect("recent lock").read(&read);
+        if let Some(shared) = shared {
+            return Ok(shared.into_page());
         }
         self.inner
             .readers
@@ -398,12 +488,14 @@ fn migrate(conn: &mut Connection) -> Result<bool, Error> {
 struct Writer {
     conn: Connection,
     jobs: mpsc::UnboundedReceiver<WriteJob>,
-    recent: Arc<Mutex<Recent>>,
+    recent: Arc<RwLock<Recent>>,
     next_sequence: u64,
     max_group_entries: usize,
     head: watch::Sender<u64>,
     writable: watch::Sender<bool>,
     signer: Signer,
+    wal_path: PathBuf,
+    max_wal_bytes: u64,
 }
 
 /// Marks the store failed if dropped during a panic.
@@ -478,6 +570,7 @@ impl Writer {
                         });
                         let _ = job.reply.send(result);
                     }
+                    self.bound_wal();
                 }
                 Err(error) => {
                     // The outcome on disk is unknown: refuse all further writes rather than
@@ -506,7 +599,7 @@ impl Writer {
         outcomes: &[Result<Vec<Receipt>, JobFailure>],
         first_sequence: u64,
     ) {
-        let mut recent = self.recent.lock().expect("recent lock");
+        let mut kept = Vec::new();
         let mut expected = first_sequence;
         for (job, outcome) in group.iter_mut().zip(outcomes) {
             let Ok(receipts) = outcome else { continue };
@@ -515,10 +608,15 @@ impl Writer {
                     let mut entry = new.entry;
                     entry.entry_hash = receipt.entry_hash.to_vec();
                     entry.chain_hash = receipt.chain_hash.to_vec();
-                    recent.push(entry, expected);
+                    kept.push(Kept::new(entry, expected));
                     expected += 1;
                 }
             }
+        }
+        // Prepared above, so that subscribers' reads wait only for the pushes.
+        let mut recent = self.recent.write().expect("recent lock");
+        for kept in kept {
+            recent.push(kept);
         }
         if expected != self.next_sequence {
             // Never expected; the database stays the truth, so drop the window.
@@ -531,6 +629,33 @@ impl Writer {
         }
     }
 
+    /// Checkpoints the write-ahead log on the writer's thread once it outgrows its bound.
+    ///
+    /// The background checkpointer copies pages while commits continue, but it can never
+    /// finish a pass under back-to-back commits, and SQLite restarts the log from its beginning
+    /// only after a pass finished; so under sustained writes the log would grow without limit.
+    /// Here no commit can run meanwhile: RESTART copies the rest, waits (up to the busy timeout)
+    /// for readers of older snapshots, and lets the next commit write from the beginning of the
+    /// file, which `journal_size_limit` keeps at `max_wal_bytes`. Writers wait meanwhile: that is
+    /// the back-pressure that keeps disk use bounded by the data, not by the write rate.
+    fn bound_wal(&mut self) {
+        match restart_wal_over(&self.conn, &self.wal_path, self.max_wal_bytes) {
+            Ok(WalCheckpoint::NotNeeded) => {}
+            Ok(WalCheckpoint::Done { wal_bytes }) => {
+                tracing::debug!(wal_bytes, "WAL checkpointed by the writer");
+            }
+            Ok(WalCheckpoint::Busy { wal_bytes }) => tracing::warn!(
+                wal_bytes,
+                "WAL checkpoint still busy after 1 s; the writer retries after its next commit"
+            ),
+            Err(error) => {
+                // Everything acknowledged is in the log, but it can no longer be bounded.
+                tracing::error!(%error, "WAL checkpoint failed; refusing further writes");
+                self.writable.send_replace(false);
+            }
+        }
+    }
+
     /// Signs a checkpoint of the committed log in a transaction of its own.
     fn sign_checkpoint(&mut self) {
         let tip = self.signer.tip.clone();
@@ -538,6 +663,7 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .and_then(|tx| {
+                fault::hit(Point::SignCheckpoint)?;
                 let note = self.signer.sign(&tx, &tip)?;
                 tx.commit().map(|()| note)
             });
@@ -560,6 +686,7 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        fault::hit(Point::BeforeInsert)?;
         let mut outcomes = Vec::with_capacity(group.len());
         for job in group {
             // A refused request writes nothing (see `insert_job`), so requests need no savepoint
@@ -572,17 +699,62 @@ impl Writer {
             }
             outcomes.push(outcome);
         }
+        fault::hit(Point::BeforeCommit)?;
         // A due checkpoint rides on this commit: no extra fsync.
         let signed = match self.signer.due(&tip) {
-            true => Some(self.signer.sign(&tx, &tip)?),
+            true => {
+                fault::hit(Point::SignCheckpoint)?;
+                Some(self.signer.sign(&tx, &tip)?)
+            }
             false => None,
         };
+        // An injected commit failure drops the transaction, which rolls it back.
+        fault::hit(Point::Commit)?;
         tx.commit()?;
+        // The commit is on disk, but the store is told it failed (as a lost fsync reply would).
+        fault::hit(Point::AfterCommit)?;
         self.next_sequence = next;
         self.signer.committed(tip, signed);
         Ok(outcomes)
     }
 }
+
+/// What [`restart_wal_over`] did.
+enum WalCheckpoint {
+    NotNeeded,
+    Done { wal_bytes: u64 },
+    Busy { wal_bytes: u64 },
+}
+
+/// Runs a RESTART checkpoint on the write connection if the log at `wal_path` is larger than
+/// `max_bytes` (see [`Writer::bound_wal`]).
+fn restart_wal_over(
+    conn: &Connection,
+    wal_path: &Path,
+    max_bytes: u64,
+) -> Result<WalCheckpoint, rusqlite::Error> {
+    let wal_bytes = fs::metadata(wal_path).map_or(0, |m| m.len());
+    if wal_bytes <= max_bytes {
+        return Ok(WalCheckpoint::NotNeeded);
+    }
+    fault::hit(Point::WalCheckpoint)?;
+    // SQLite answers busy at once, without its busy handler, while the background checkpointer
+    // holds the checkpoint lock; retry for a while (writers wait) rather than let the log grow.
+    let started = std::time::Instant::now();
+    loop {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get(0))?;
+        if busy == 0 {
+            return Ok(WalCheckpoint::Done { wal_bytes });
+        }
+        if started.elapsed() >= WAL_CHECKPOINT_PATIENCE {
+            return Ok(WalCheckpoint::Busy { wal_bytes });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// How long the writer keeps retrying a busy WAL checkpoint before it commits again.
+const WAL_CHECKPOINT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Inserts the entries of one request, assigning sequences from `next` and chaining them to
 /// `chain`, the chain value after the entry before (`next - 1`).
@@ -701,12 +873,21 @@ pub struct DirectWriter {
     next_sequence: u64,
     /// Chain value after the newest entry, kept in memory as the server's writer keeps it.
     chain: Hash,
+    /// Checkpoints as the server's store does: in the background, and by the writer at the
+    /// default WAL bound. Its thread ends when this is dropped.
+    _checkpointer: Checkpointer,
+    wal_path: PathBuf,
 }
+
+/// The WAL bound of [`DirectWriter`]: the server's default.
+const DIRECT_MAX_WAL_BYTES: u64 = 64 << 20;
 
 impl DirectWriter {
     /// Opens (creating if needed) `audit.db` in `data_dir`, which no server may be using.
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
-        let (conn, _) = open_writer(&data_dir.join("audit.db"))?;
+        let path = data_dir.join("audit.db");
+        let (conn, _) = open_writer(&path)?;
+        bound_wal_file(&conn, DIRECT_MAX_WAL_BYTES)?;
         let head: i64 = conn.query_row(
             "SELECT COALESCE(MAX(sequence), 0) FROM entries",
             [],
@@ -717,6 +898,8 @@ impl DirectWriter {
             conn,
             next_sequence: head as u64 + 1,
             chain,
+            _checkpointer: Checkpointer::spawn(&path)?,
+            wal_path: wal_path(&path),
         })
     }
 
@@ -739,6 +922,7 @@ impl DirectWriter {
             self.chain = newest.chain_hash;
         }
         self.next_sequence = next;
+        restart_wal_over(&self.conn, &self.wal_path, DIRECT_MAX_WAL_BYTES)?;
         Ok(())
     }
 }
@@ -892,6 +1076,42 @@ mod tests {
         validate::entry(entry, "entry", None, &context, &Limits::default()).expect("valid")
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_near_its_bound_and_disk_usage_reports_it() {
+        const BOUND: u64 = 128 * 1024;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = Options {
+            max_pending_bytes: 1 << 24,
+            max_group_entries: 64,
+            read_connections: 1,
+            checkpointing: Checkpointing {
+                signing_key: None,
+                log_name: "test".into(),
+                every_entries: 1000,
+                interval: std::time::Duration::from_secs(60),
+                copy_dir: None,
+                startup_check: ledger::StartupCheck::Full,
+            },
+            max_wal_bytes: BOUND,
+        };
+        let store = SqliteStore::open(dir.path(), &options).expect("open");
+        let mut largest = 0;
+        for batch in 0..100 {
+            let entries = (0..20).map(|i| new_entry(batch * 20 + i)).collect();
+            store.append(entries).await.expect("append");
+            largest = largest.max(store.disk_usage().wal_bytes);
+        }
+        let usage = store.disk_usage();
+        assert!(usage.database_bytes > 0);
+        // One group's pages past the bound at most: the writer waits out the background
+        // checkpointer, and no reader holds an old snapshot.
+        assert!(
+            largest <= BOUND + 256 * 1024,
+            "WAL reached {largest} bytes (bound {BOUND}); {usage:?}"
+        );
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn reads_of_recent_entries_match_the_database() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -907,6 +1127,7 @@ mod tests {
                 copy_dir: None,
                 startup_check: ledger::StartupCheck::Full,
             },
+            max_wal_bytes: 64 << 20,
         };
         let store = SqliteStore::open(dir.path(), &options).expect("open");
         let entries: Vec<_> = (0..60).map(new_entry).collect();
@@ -982,10 +1203,11 @@ mod tests {
                     let memory = store
                         .inner
                         .recent
-                        .lock()
+                        .read()
                         .unwrap()
                         .read(&read)
-                        .expect("in the recent window");
+                        .expect("in the recent window")
+                        .into_page();
                     let database = store
                         .inner
                         .readers
