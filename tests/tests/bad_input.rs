@@ -206,6 +206,50 @@ async fn a_c_core_client_sees_invalid_argument_for_a_batch_of_many_bad_entries()
     );
 }
 
+/// Sends a Record larger than the server's message limit with grpcio, over TCP and the Unix
+/// socket, and prints the status code it sees each time.
+const PYTHON_OVERSIZE: &str = r#"
+import sys, grpc
+from audit.v1 import entry_pb2, service_pb2, service_pb2_grpc
+entry = entry_pb2.AuditEntry(source="py", method="/a.B/C", status_message="x" * 300_000)
+for target in sys.argv[1:]:
+    stub = service_pb2_grpc.AuditServiceStub(grpc.insecure_channel(target))
+    try:
+        stub.Record(service_pb2.RecordRequest(entry=entry), timeout=10)
+        print("OK")
+    except grpc.RpcError as error:
+        print(error.code().name)
+"#;
+
+#[tokio::test]
+async fn a_c_core_client_sees_resource_exhausted_for_an_oversized_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("audit.sock");
+    let socket_arg = socket.to_str().unwrap();
+    let server = TestServer::start_with_args(&[
+        "--max-message-bytes",
+        "100000",
+        "--unix-socket",
+        socket_arg,
+    ])
+    .await;
+    let output = tokio::process::Command::new(sdk_python())
+        .args(["-c", PYTHON_OVERSIZE, &server.addr.to_string()])
+        .arg(format!("unix:{socket_arg}"))
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "RESOURCE_EXHAUSTED\nRESOURCE_EXHAUSTED"
+    );
+}
+
 #[tokio::test]
 async fn a_batch_mixing_a_retry_and_a_new_entry_answers_with_the_new_request_id() {
     let server = TestServer::start().await;
