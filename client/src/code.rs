@@ -2,34 +2,10 @@
 //!
 //! `AuditEntry.status_code` is a plain `int32`; these names are how people read and type it.
 
-/// The canonical names of the gRPC status codes, indexed by code.
-const NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+use audit_format::field::STATUS_NAMES as NAMES;
 
 /// The canonical name of a gRPC status code (`7` → `PERMISSION_DENIED`), or `None` outside 0–16.
-pub fn code_name(code: i32) -> Option<&'static str> {
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .copied()
-}
+pub use audit_format::field::status_name as code_name;
 
 /// Parses a gRPC status code from its number (`7`) or its name in any case (`permission_denied`,
 /// `PERMISSION_DENIED`, `permission-denied`).

@@ -31,25 +31,21 @@ pub struct OutputArgs {
     no_value: String,
 }
 
-/// The names `--format` takes.
-const FORMATS: &[&str] = &[
-    "default",
-    "json",
-    "httpd-common",
-    "httpd-combined",
-    "logstash",
-    "cef",
-    "ocsf",
-    "ecs",
-];
+/// Formats of this crate beside those of `audit-format`.
+const OWN_FORMATS: [&str; 2] = ["default", "json"];
 
 fn format_name(name: &str) -> Result<String, String> {
-    if FORMATS.contains(&name) {
+    if OWN_FORMATS.contains(&name) || audit_format::NAMES.contains(&name) {
         Ok(name.to_string())
     } else {
+        let names: Vec<&str> = OWN_FORMATS
+            .iter()
+            .chain(audit_format::NAMES)
+            .copied()
+            .collect();
         Err(format!(
             "unknown format `{name}`; one of: {}",
-            FORMATS.join(", ")
+            names.join(", ")
         ))
     }
 }
