@@ -252,3 +252,43 @@ async fn running_out_of_file_descriptors_pauses_accepting_and_recovers() {
         "accepting resumes once descriptors are free"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_never_reads_does_not_hold_up_shutdown() {
+    let mut server = TestServer::start_with_args(&["--shutdown-grace", "1s"]).await;
+    let client = server.client().await;
+    // Its stream is opened and then never read: the HTTP/2 windows fill and stay full, so the
+    // end of the stream can never be delivered.
+    let _stalled = client
+        .raw()
+        .subscribe(pb::SubscribeRequest {
+            start: Some(pb::StartPosition {
+                position: Some(pb::start_position::Position::AfterSequence(0)),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let padding = "x".repeat(3000);
+    let mut acknowledged = Vec::new();
+    for i in 0..2000 {
+        let receipt = client
+            .record(
+                entry("svc", "/svc.v1.S/Fill")
+                    .resource(format!("r{i}"))
+                    .status(2, padding.clone()),
+            )
+            .await
+            .unwrap();
+        acknowledged.push(receipt.sequence);
+    }
+    let data = server.keep_data_dir().unwrap();
+    let status = server.stop().await;
+    assert!(status.success(), "exit status {status}");
+
+    // Every acknowledged entry is kept.
+    let again = TestServer::start_in(&data.path().join("data"), &[]).await;
+    let stored = audit_tests::all_entries(&again.client().await).await;
+    assert_eq!(stored.len(), acknowledged.len());
+}
