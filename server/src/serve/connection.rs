@@ -86,7 +86,7 @@ pub async fn serve<IO, S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + Default + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -242,7 +242,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + Default + Send + 'static,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = Infallible;
@@ -252,9 +252,10 @@ where
         self.info.insert_into(request.extensions_mut());
         let stream = self.activity.stream_opened();
         let service = self.inner.clone();
+        let deadline = super::deadline::grpc_timeout(request.headers());
         Box::pin(async move {
             use tower::ServiceExt;
-            let response = service.oneshot(request).await?;
+            let response = super::deadline::within(deadline, service.oneshot(request)).await?;
             Ok(response.map(|body| TrackedBody {
                 body,
                 _stream: stream,
