@@ -71,9 +71,7 @@ fn rfc3339(timestamp: Option<&prost_types::Timestamp>) -> Json {
         return Json::Null;
     };
     let mut out = String::new();
-    crate::timefmt::TimeLayout::parse("2006-01-02T15:04:05.000Z07:00")
-        .expect("a valid layout")
-        .format(time, &mut out);
+    crate::timefmt::rfc3339_millis().format(time, &mut out);
     Json::String(out)
 }
 

@@ -75,9 +75,6 @@ struct Verb {
     kind: char,
 }
 
-/// The layout of a time without a format: RFC 3339 with milliseconds.
-const DEFAULT_TIME: &str = "2006-01-02T15:04:05.000Z07:00";
-
 impl Template {
     /// Compiles `text`.
     pub fn parse(text: &str, options: TemplateOptions) -> Result<Template, TemplateError> {
@@ -162,7 +159,7 @@ impl Template {
                 let mut rendered = String::new();
                 match spec {
                     Spec::Time(layout) => layout.format(time, &mut rendered),
-                    _ => default_time().format(time, &mut rendered),
+                    _ => crate::timefmt::rfc3339_millis().format(time, &mut rendered),
                 }
                 out.push_str(&rendered);
                 return;
@@ -189,10 +186,6 @@ impl Template {
             _ => escape_into(&text, out),
         }
     }
-}
-
-fn default_time() -> TimeLayout {
-    TimeLayout::parse(DEFAULT_TIME).expect("a valid layout")
 }
 
 fn truncate(text: &str, precision: Option<usize>) -> std::borrow::Cow<'_, str> {

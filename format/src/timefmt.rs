@@ -46,6 +46,15 @@ enum Token {
     },
 }
 
+/// RFC 3339 with milliseconds, in UTC (`2026-11-22T15:04:05.120Z`): how times are written when no
+/// layout is asked for.
+pub fn rfc3339_millis() -> &'static TimeLayout {
+    static LAYOUT: std::sync::LazyLock<TimeLayout> = std::sync::LazyLock::new(|| {
+        TimeLayout::parse("2006-01-02T15:04:05.000Z07:00").expect("a valid layout")
+    });
+    &LAYOUT
+}
+
 /// The named layouts and the Go layout each stands for.
 pub const NAMED: &[(&str, &str)] = &[
     ("rfc3339", "2006-01-02T15:04:05Z07:00"),

@@ -14,20 +14,33 @@ pub mod unix;
 use std::net::SocketAddr;
 
 use audit_proto::pb;
-use tonic::transport::CertificateDer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 pub use spiffe::{CertificateError, CertificateIdentity, SpiffeId};
 pub use unix::UnixPeerInfo;
 
 /// What a server that terminates TLS itself (rather than through tonic's transport) knows of a
-/// TLS connection; it puts this in the extensions of every request on the connection.
+/// TLS connection; it puts this in the extensions of every request on the connection. The client
+/// certificate is read once, when the connection is made, not on every call.
 #[derive(Debug, Clone)]
 pub struct TlsPeerInfo {
     /// The peer's address, if known.
     pub remote_addr: Option<SocketAddr>,
-    /// The client certificate the peer presented (already verified by the TLS handshake).
-    pub leaf_certificate: Option<CertificateDer<'static>>,
+    /// What the client certificate (already verified by the TLS handshake) proves; `Ok(None)`
+    /// without one.
+    pub certificate: Result<Option<CertificateIdentity>, CertificateError>,
+}
+
+impl TlsPeerInfo {
+    /// The facts of a connection from `remote_addr` that presented `leaf_certificate` (DER).
+    pub fn new(remote_addr: Option<SocketAddr>, leaf_certificate: Option<&[u8]>) -> Self {
+        Self {
+            remote_addr,
+            certificate: leaf_certificate
+                .map(spiffe::certificate_identity)
+                .transpose(),
+        }
+    }
 }
 
 /// The identity of the peer of one connection.
@@ -72,14 +85,9 @@ impl Peer {
             });
         }
         if let Some(tls) = extensions.get::<TlsPeerInfo>() {
-            let certificate = tls
-                .leaf_certificate
-                .as_ref()
-                .map(|der| spiffe::certificate_identity(der.as_ref()))
-                .transpose()?;
             return Ok(Peer::Tls {
                 address: tls.remote_addr,
-                certificate,
+                certificate: tls.certificate.clone()?,
             });
         }
         if let Some(tcp) = extensions.get::<TcpConnectInfo>() {
@@ -220,10 +228,7 @@ mod tests {
             .unwrap();
         let address: SocketAddr = "10.1.2.3:4567".parse().unwrap();
         let mut extensions = http::Extensions::new();
-        extensions.insert(TlsPeerInfo {
-            remote_addr: Some(address),
-            leaf_certificate: Some(certificate.der().clone()),
-        });
+        extensions.insert(TlsPeerInfo::new(Some(address), Some(certificate.der())));
         assert!(Peer::from_extensions(&extensions).is_err());
         assert_eq!(
             Peer::without_certificate(&extensions),

@@ -185,16 +185,13 @@ where
                     },
                     _ = stop.drain.cancelled() => return,
                 };
-                let leaf_certificate = stream
+                let leaf = stream
                     .get_ref()
                     .1
                     .peer_certificates()
                     .and_then(|chain| chain.first())
-                    .map(|leaf| leaf.clone().into_owned());
-                let tls = audit_identity::TlsPeerInfo {
-                    remote_addr: tcp.remote_addr,
-                    leaf_certificate,
-                };
+                    .map(|leaf| leaf.as_ref());
+                let tls = audit_identity::TlsPeerInfo::new(tcp.remote_addr, leaf);
                 let info = ConnectionInfo::Tls(tcp, tls);
                 connection::serve(stream, info, service, limits, accepted_at, stop).await
             }
