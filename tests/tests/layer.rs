@@ -597,3 +597,74 @@ async fn unix_socket_callers_are_identified_by_their_credentials() {
         other => panic!("expected a Unix peer, got {other:?}"),
     }
 }
+
+/// A certificate (PEM) and key (PEM) for `localhost` with `usage`, signed by `ca`, and no URI
+/// SAN: a valid TLS client certificate that is not an X509-SVID.
+fn certificate(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.extended_key_usages = vec![usage];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn a_caller_whose_certificate_is_not_an_svid_keeps_its_address() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+    let audit_server = TestServer::start().await;
+    let audit = audit_server.client().await;
+    let recorder = recorder(&audit);
+
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let (server_cert, server_key) = certificate(&ca, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = certificate(&ca, rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(server_cert, server_key))
+        .client_ca_root(Certificate::from_pem(ca.pem()));
+    let router = Server::builder()
+        .tls_config(tls)
+        .unwrap()
+        .layer(audit_layer(recorder.clone()))
+        .add_service(ks::key_store_server::KeyStoreServer::new(
+            audit_example_keystore::KeyStore::default(),
+        ));
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    }));
+
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca.pem()))
+                .identity(Identity::from_pem(client_cert, client_key))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    KeyStoreClient::new(channel)
+        .create_key(create("k1"))
+        .await
+        .expect("the key store serves the call");
+    flush(&recorder).await;
+
+    let entries = all_entries(&audit).await;
+    assert_eq!(entries.len(), 1);
+    let address = network_address(&entries[0]);
+    assert!(
+        address.starts_with("127.0.0.1:"),
+        "caller address {address:?}"
+    );
+}
