@@ -39,17 +39,14 @@ pub fn render(entry: &pb::AuditEntry, out: &mut String) {
     extension.text("externalId", &entry.id);
     extension.number("cn1", entry.sequence as i64);
     extension.text("cn1Label", "sequence");
-    extension.text("cs1", &entry.request_id);
-    extension.text("cs1Label", "requestId");
-    extension.text("cs2", &entry.method);
-    extension.text("cs2Label", "method");
-    extension.text("cs3", &entry.resource);
-    extension.text("cs3Label", "resource");
-    extension.text(
+    extension.labeled("cs1", "requestId", &entry.request_id);
+    extension.labeled("cs2", "method", &entry.method);
+    extension.labeled("cs3", "resource", &entry.resource);
+    extension.labeled(
         "cs4",
+        "status",
         field::status_name(entry.status_code).unwrap_or_default(),
     );
-    extension.text("cs4Label", "status");
     extension.text("sourceServiceName", &entry.source);
     extension.text("act", &entry.event);
     extension.text("cat", &entry.category);
@@ -70,10 +67,7 @@ pub fn render(entry: &pb::AuditEntry, out: &mut String) {
                     }
                     Err(_) => extension.text("shost", &network.address),
                 }
-                extension.text("cs5", &network.spiffe_id);
-                if !network.spiffe_id.is_empty() {
-                    extension.text("cs5Label", "spiffeId");
-                }
+                extension.labeled("cs5", "spiffeId", &network.spiffe_id);
             }
             Some(pb::caller::Peer::Unix(unix)) => {
                 extension.number("suid", unix.uid.into());
@@ -95,8 +89,11 @@ pub fn render(entry: &pb::AuditEntry, out: &mut String) {
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        extension.text("cs6", &serde_json::Value::Object(labels).to_string());
-        extension.text("cs6Label", "labels");
+        extension.labeled(
+            "cs6",
+            "labels",
+            &serde_json::Value::Object(labels).to_string(),
+        );
     }
 }
 
@@ -150,6 +147,14 @@ impl Extension<'_> {
     fn number(&mut self, key: &str, value: i64) {
         self.key(key);
         let _ = write!(self.out, "{value}");
+    }
+
+    /// A custom string field (`cs1`…) and its `cs1Label`, both left out when `value` is empty.
+    fn labeled(&mut self, key: &str, label: &str, value: &str) {
+        if !value.is_empty() {
+            self.text(key, value);
+            self.text(&format!("{key}Label"), label);
+        }
     }
 
     fn text(&mut self, key: &str, value: &str) {

@@ -37,6 +37,18 @@ fn cef_line() {
 }
 
 #[test]
+fn cef_leaves_out_empty_custom_fields_with_their_labels() {
+    let mut entry = common::sample();
+    entry.resource.clear();
+    let line = Format::named("cef").unwrap().render_to_string(&entry);
+    assert!(!line.contains("cs3"), "{line}");
+    assert!(
+        line.contains(" cs2=/kms.v1.Keys/DeleteKey cs2Label=method cs4="),
+        "{line}"
+    );
+}
+
+#[test]
 fn logstash_json() {
     assert_eq!(
         render("logstash"),
