@@ -36,7 +36,7 @@ use hub::Hub;
 pub use listen::Listeners;
 use policy::Policy;
 use service::AuditService;
-use store::{SqliteStore, Store};
+use store::{Log, Store};
 
 /// Service names whose health follows the store: the server as a whole and the audit service.
 const HEALTH_SERVICES: [&str; 2] = ["", audit_proto::SERVICE_NAME];
@@ -45,7 +45,7 @@ const HEALTH_SERVICES: [&str; 2] = ["", audit_proto::SERVICE_NAME];
 pub struct AuditServer {
     limits: Arc<Limits>,
     connections: ConnectionLimits,
-    store: SqliteStore,
+    store: Log,
     access: Arc<Access>,
 }
 
@@ -60,13 +60,16 @@ impl AuditServer {
         };
         let access = Arc::new(Access::new(policy, denials));
         let limits = Arc::new(config.limits);
-        let store = SqliteStore::open(
+        let log = store::engine::Options {
+            max_pending_bytes: limits.max_pending_bytes,
+            max_group_entries: limits.max_group_entries,
+            read_connections: limits.read_connections,
+            checkpointing: config.checkpoints.checkpointing(),
+        };
+        let store = store::sqlite::open(
             &config.data_dir,
+            &log,
             &store::sqlite::Options {
-                max_pending_bytes: limits.max_pending_bytes,
-                max_group_entries: limits.max_group_entries,
-                read_connections: limits.read_connections,
-                checkpointing: config.checkpoints.checkpointing(),
                 max_wal_bytes: limits.max_wal_bytes,
             },
         )?;

@@ -1,10 +1,18 @@
-//! Named points on the writer's path where a test can make the store fail, as a disk would: the
-//! crash-consistency tests fail each point in turn and check that nothing acknowledged is lost
-//! and nothing refused is stored.
+//! A backend that fails at an exact point, as a disk or a database would, wrapping another: the
+//! crash-consistency tests fail each point in turn and check that nothing acknowledged is lost,
+//! nothing refused is stored, and the engine poisons or recovers as designed.
 //!
-//! Compiled in only with the `fault-injection` feature, and then inert unless the environment
-//! variable `AUDIT_FAULT_INJECT=<point>:<n>` names a point: its `n`-th hit (from 1) fails. Without
-//! the feature every hit is a no-op the compiler removes.
+//! Tests in this crate arm it directly ([`FaultBackend::new`]). The server binary arms it from
+//! the environment variable `AUDIT_FAULT_INJECT=<point>:<n>` (its `n`-th hit, from 1, fails),
+//! and only when built with the `fault-injection` feature.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::backend::{
+    Backend, BackendError, HeadFollower, NewCheckpoint, Reader, Row, StoredId, Tip,
+};
+use crate::error::Error;
 
 /// A place on the write path where an injected fault can strike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,20 +21,20 @@ pub enum Point {
     BeforeInsert,
     /// A group's entries are inserted; the transaction is not committed.
     BeforeCommit,
-    /// The commit itself (its WAL write and fsync) fails; the group is rolled back.
+    /// The commit itself fails; the group is rolled back.
     Commit,
-    /// The commit reached the disk, but the store is told it failed: the group's outcome is
-    /// unknown to it, as after a failed fsync.
+    /// The commit reached the storage, but the engine is told it failed: the group's outcome
+    /// is unknown to it, as after a failed fsync or a connection lost during COMMIT.
     AfterCommit,
-    /// Signing a checkpoint into the store.
+    /// Storing a signed checkpoint.
     SignCheckpoint,
-    /// The writer's own WAL checkpoint, run when the WAL outgrows its bound.
+    /// Housekeeping after a commit (SQLite's WAL checkpoint).
     WalCheckpoint,
 }
 
 impl Point {
-    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
-    const ALL: [(Point, &'static str); 6] = [
+    /// Every point with its name in `AUDIT_FAULT_INJECT`.
+    pub const ALL: [(Point, &'static str); 6] = [
         (Point::BeforeInsert, "before-insert"),
         (Point::BeforeCommit, "before-commit"),
         (Point::Commit, "commit"),
@@ -36,40 +44,149 @@ impl Point {
     ];
 }
 
-/// Fails if a fault is injected at this hit of `point`.
-#[cfg(not(feature = "fault-injection"))]
-#[inline(always)]
-pub fn hit(_point: Point) -> Result<(), rusqlite::Error> {
-    Ok(())
+/// What a fault looks like to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An I/O failure (exclusive backends are poisoned by it).
+    Storage,
+    /// A lost database connection (shared backends recover from it).
+    Connection,
 }
 
-/// Fails if a fault is injected at this hit of `point`.
-#[cfg(feature = "fault-injection")]
-pub fn hit(point: Point) -> Result<(), rusqlite::Error> {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
+/// When the armed fault strikes: the `nth` hit of `point`.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Where.
+    pub point: Point,
+    /// Which hit, from 1.
+    pub nth: u64,
+    /// As what.
+    pub kind: Kind,
+    hits: Arc<AtomicU64>,
+}
 
-    static PLAN: OnceLock<Option<(Point, u64)>> = OnceLock::new();
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    let plan = PLAN.get_or_init(|| {
-        let text = std::env::var("AUDIT_FAULT_INJECT").ok()?;
-        let (name, nth) = text.split_once(':')?;
-        let point = Point::ALL.iter().find(|(_, n)| *n == name)?.0;
-        let plan = (point, nth.parse().ok()?);
-        tracing::warn!(?plan, "fault injection armed");
-        Some(plan)
-    });
-    match plan {
-        Some((armed, nth)) if *armed == point => {
-            if HITS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
-                tracing::warn!(?point, "injecting a fault");
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-                    Some(format!("injected fault at {point:?}")),
-                ));
-            }
-            Ok(())
+impl Plan {
+    /// A fault at the `nth` hit of `point`.
+    pub fn new(point: Point, nth: u64, kind: Kind) -> Self {
+        Plan {
+            point,
+            nth,
+            kind,
+            hits: Arc::default(),
         }
-        _ => Ok(()),
+    }
+
+    /// Hits of the armed point so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Wraps a backend and fails it as planned.
+pub struct FaultBackend {
+    inner: Box<dyn Backend>,
+    plan: Plan,
+}
+
+impl FaultBackend {
+    /// `inner`, failing as `plan` says.
+    pub fn new(inner: Box<dyn Backend>, plan: Plan) -> Self {
+        FaultBackend { inner, plan }
+    }
+
+    /// `inner`, wrapped when `AUDIT_FAULT_INJECT` arms a fault and the `fault-injection`
+    /// feature is on.
+    pub fn from_env(inner: Box<dyn Backend>) -> Box<dyn Backend> {
+        match plan_from_env() {
+            Some(plan) => {
+                tracing::warn!(?plan, "fault injection armed");
+                Box::new(FaultBackend::new(inner, plan))
+            }
+            None => inner,
+        }
+    }
+
+    fn hit(&self, point: Point) -> Result<(), BackendError> {
+        if point != self.plan.point {
+            return Ok(());
+        }
+        if self.plan.hits.fetch_add(1, Ordering::SeqCst) + 1 != self.plan.nth {
+            return Ok(());
+        }
+        tracing::warn!(?point, "injecting a fault");
+        let what = format!("injected fault at {point:?}");
+        Err(match self.plan.kind {
+            Kind::Storage => BackendError::Failed(what),
+            Kind::Connection => BackendError::Unavailable(what),
+        })
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+fn plan_from_env() -> Option<Plan> {
+    let text = std::env::var("AUDIT_FAULT_INJECT").ok()?;
+    let (name, nth) = text.split_once(':')?;
+    let point = Point::ALL.iter().find(|(_, n)| *n == name)?.0;
+    Some(Plan::new(point, nth.parse().ok()?, Kind::Storage))
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn plan_from_env() -> Option<Plan> {
+    None
+}
+
+impl Backend for FaultBackend {
+    fn open_reader(&self) -> Result<Box<dyn Reader>, Error> {
+        self.inner.open_reader()
+    }
+
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+
+    fn begin(&mut self) -> Result<Option<Tip>, BackendError> {
+        self.inner.begin()
+    }
+
+    fn stored(&mut self, ids: &[&str]) -> Result<Vec<Option<StoredId>>, BackendError> {
+        self.inner.stored(ids)
+    }
+
+    fn insert(&mut self, rows: &[Row<'_>]) -> Result<(), BackendError> {
+        self.hit(Point::BeforeInsert)?;
+        self.inner.insert(rows)
+    }
+
+    fn insert_checkpoint(&mut self, checkpoint: &NewCheckpoint) -> Result<(), BackendError> {
+        self.hit(Point::SignCheckpoint)?;
+        self.inner.insert_checkpoint(checkpoint)
+    }
+
+    fn commit(&mut self, tip: &Tip) -> Result<(), BackendError> {
+        for point in [Point::BeforeCommit, Point::Commit] {
+            if let Err(error) = self.hit(point) {
+                self.inner.rollback();
+                return Err(error);
+            }
+        }
+        self.inner.commit(tip)?;
+        self.hit(Point::AfterCommit)
+    }
+
+    fn rollback(&mut self) {
+        self.inner.rollback();
+    }
+
+    fn after_commit(&mut self) -> Result<(), BackendError> {
+        self.inner.after_commit()?;
+        self.hit(Point::WalCheckpoint)
+    }
+
+    fn recover(&mut self) -> Result<(), BackendError> {
+        self.inner.recover()
+    }
+
+    fn follow_head(&self) -> Option<Box<dyn HeadFollower>> {
+        self.inner.follow_head()
     }
 }

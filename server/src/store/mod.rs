@@ -1,22 +1,33 @@
-//! Persistence of the audit log behind one small trait, and its embedded SQLite implementation.
+//! The audit log: one engine that keeps the log's rules ([`engine`]) over small storage
+//! backends ([`backend`]): SQLite (embedded, the default), PostgreSQL (several replicas sharing
+//! one log) and memory (tests); a fault-injecting wrapper fails any of them at an exact point.
+//! The rest of the server sees only the [`Store`] trait.
 
-mod fault;
-mod filter_sql;
-pub mod ledger;
+pub mod backend;
+#[cfg(test)]
+mod conformance;
+pub mod engine;
+pub mod fault;
+mod filter;
+pub mod memory;
 mod recent;
+pub mod signer;
 pub mod sqlite;
+mod verify;
+mod writer;
 
 use std::future::Future;
 
 use audit_ledger::{Hash, PublicKey};
 use audit_proto::pb::{AuditEntry, Filter};
+use prost::Message;
 use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::validate::NewEntry;
 
-pub use ledger::{Checkpointing, StartupCheck, StoredCheckpoint};
-pub use sqlite::SqliteStore;
+pub use engine::Log;
+pub use signer::{Checkpointing, StartupCheck};
 
 /// Where a stored entry landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +81,77 @@ pub struct Page {
     pub entries: Vec<AuditEntry>,
     /// True when the read reached the end of its range: no further entry matches.
     pub exhausted: bool,
+}
+
+/// Builds a page from stored rows under a read's limits, as every backend counts them.
+pub struct PageBuilder {
+    page: Page,
+    limit: usize,
+    max_bytes: usize,
+    bytes: usize,
+}
+
+impl Page {
+    /// A builder of the page answering `read`.
+    pub fn builder(read: &Read) -> PageBuilder {
+        PageBuilder {
+            page: Page {
+                entries: Vec::new(),
+                exhausted: true,
+            },
+            limit: read.limit,
+            max_bytes: read.max_bytes,
+            bytes: 0,
+        }
+    }
+}
+
+impl PageBuilder {
+    /// Adds the next stored row (the encoded entry and its hashes); returns false, adding
+    /// nothing, once the page is full (then it is not exhausted).
+    pub fn push(
+        &mut self,
+        sequence: u64,
+        blob: &[u8],
+        entry_hash: Vec<u8>,
+        chain_hash: Vec<u8>,
+    ) -> Result<bool, Error> {
+        let page = &mut self.page;
+        if page.entries.len() == self.limit
+            || (self.bytes >= self.max_bytes && !page.entries.is_empty())
+        {
+            page.exhausted = false;
+            return Ok(false);
+        }
+        self.bytes += blob.len();
+        let mut entry = AuditEntry::decode(blob).map_err(|e| {
+            Error::Internal(format!("stored entry {sequence} does not decode: {e}"))
+        })?;
+        entry.sequence = sequence;
+        entry.entry_hash = entry_hash;
+        entry.chain_hash = chain_hash;
+        // Counted as the recent window counts them: the entry with its hashes.
+        self.bytes += prost::encoding::bytes::encoded_len(20, &entry.entry_hash)
+            + prost::encoding::bytes::encoded_len(21, &entry.chain_hash);
+        page.entries.push(entry);
+        Ok(true)
+    }
+
+    /// The page.
+    pub fn finish(self) -> Page {
+        self.page
+    }
+}
+
+/// A stored checkpoint: its position among checkpoints and its signed note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// Position, from 1, in the order signed.
+    pub index: u64,
+    /// Entries it covers, as listed beside the note.
+    pub size: u64,
+    /// The signed note.
+    pub note: String,
 }
 
 /// A durable, append-only audit log.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use audit_proto::pb::AuditEntry;
 use prost::Message;
 
-use super::filter_sql::matches;
+use super::filter::matches;
 use super::{Direction, Page, Read};
 
 /// Most entries kept: a fraction of a second of a busy log, enough for subscribers that keep up.

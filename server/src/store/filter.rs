@@ -1,17 +1,36 @@
-//! A `Filter` as an SQL condition over the `entries` table, and the same test in memory.
+//! A `Filter` as an SQL condition over the `entries` table (in the SQLite or the PostgreSQL
+//! dialect), and the same test in memory. The conformance tests hold all three to one meaning.
 
 use audit_proto::pb::{AuditEntry, Filter, caller};
-use rusqlite::types::Value;
 
 use crate::validate::timestamp_nanos;
 
-/// An SQL boolean expression and its positional parameters.
-#[derive(Debug, Default)]
+/// A parameter of a condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// An integer column's value.
+    Integer(i64),
+    /// A text column's value.
+    Text(String),
+}
+
+/// Which SQL the condition is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite: labels in a JSON text column.
+    Sqlite,
+    /// PostgreSQL: labels in a `jsonb` column, text columns in the "C" collation.
+    Postgres,
+}
+
+/// An SQL boolean expression and its positional parameters (`?` placeholders).
+#[derive(Debug)]
 pub struct Condition {
-    /// Terms joined with AND; `1` when empty.
+    /// Terms joined with AND; `TRUE` when empty.
     pub sql: String,
     /// Values for the `?` placeholders, in order.
     pub params: Vec<Value>,
+    dialect: Dialect,
 }
 
 impl Condition {
@@ -33,15 +52,25 @@ impl Condition {
     fn text_or_prefix(&mut self, column: &str, value: &str) {
         match value.strip_suffix('*') {
             Some("") => {}
-            Some(prefix) => self.term(
-                // The range term lets SQLite use the column's index; substr makes it exact.
-                &format!("({column} >= ? AND substr({column}, 1, ?) = ?)"),
-                [
-                    Value::Text(prefix.to_string()),
-                    Value::Integer(prefix.chars().count() as i64),
-                    Value::Text(prefix.to_string()),
-                ],
-            ),
+            // The range term lets the database use the column's index; the second makes it
+            // exact.
+            Some(prefix) => match self.dialect {
+                Dialect::Sqlite => self.term(
+                    &format!("({column} >= ? AND substr({column}, 1, ?) = ?)"),
+                    [
+                        Value::Text(prefix.to_string()),
+                        Value::Integer(prefix.chars().count() as i64),
+                        Value::Text(prefix.to_string()),
+                    ],
+                ),
+                Dialect::Postgres => self.term(
+                    &format!("({column} >= ? AND starts_with({column}, ?))"),
+                    [
+                        Value::Text(prefix.to_string()),
+                        Value::Text(prefix.to_string()),
+                    ],
+                ),
+            },
             None => self.text(column, value),
         }
     }
@@ -59,8 +88,12 @@ impl Condition {
 }
 
 /// The condition selecting the entries that match `filter` (already validated).
-pub fn condition(filter: &Filter) -> Condition {
-    let mut c = Condition::default();
+pub fn condition(filter: &Filter, dialect: Dialect) -> Condition {
+    let mut c = Condition {
+        sql: String::new(),
+        params: Vec::new(),
+        dialect,
+    };
     c.text("request_id", &filter.request_id);
     c.text("source", &filter.source);
     c.text_or_prefix("method", &filter.method);
@@ -80,14 +113,20 @@ pub fn condition(filter: &Filter) -> Condition {
     if let Some(end) = filter.end_time.as_ref().and_then(timestamp_nanos) {
         c.term("time_ns < ?", [Value::Integer(end)]);
     }
+    let label = match dialect {
+        Dialect::Sqlite => {
+            "EXISTS (SELECT 1 FROM json_each(entries.labels) WHERE key = ? AND value = ?)"
+        }
+        Dialect::Postgres => "(labels ->> ?) = ?",
+    };
     for (key, value) in &filter.labels {
         c.term(
-            "EXISTS (SELECT 1 FROM json_each(entries.labels) WHERE key = ? AND value = ?)",
+            label,
             [Value::Text(key.clone()), Value::Text(value.clone())],
         );
     }
     if c.sql.is_empty() {
-        c.sql.push('1');
+        c.sql.push_str("TRUE");
     }
     c
 }
@@ -149,19 +188,22 @@ mod tests {
 
     #[test]
     fn empty_filter_matches_everything() {
-        let c = condition(&Filter::default());
-        assert_eq!(c.sql, "1");
+        let c = condition(&Filter::default(), Dialect::Sqlite);
+        assert_eq!(c.sql, "TRUE");
         assert!(c.params.is_empty());
     }
 
     #[test]
     fn terms_are_joined_with_and() {
-        let c = condition(&Filter {
-            source: "billing".into(),
-            method: "/billing.v1.Billing/*".into(),
-            outcomes: vec![2, 3],
-            ..Default::default()
-        });
+        let c = condition(
+            &Filter {
+                source: "billing".into(),
+                method: "/billing.v1.Billing/*".into(),
+                outcomes: vec![2, 3],
+                ..Default::default()
+            },
+            Dialect::Sqlite,
+        );
         assert_eq!(
             c.sql,
             "source = ? AND (method >= ? AND substr(method, 1, ?) = ?) AND outcome IN (?, ?)"

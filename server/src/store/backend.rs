@@ -1,0 +1,224 @@
+//! What a storage backend does for the log engine ([`super::engine`]): persist one group of
+//! entries atomically, with everything the engine decided about them (sequences, hashes,
+//! checkpoints, the tip of the log), and answer reads. A backend knows none of the log's rules;
+//! the engine knows no SQL.
+//!
+//! The write side ([`Backend`]) is used by the engine's one writer thread, the read side
+//! ([`Reader`]) by a pool of blocking threads: both are plain blocking calls.
+
+use audit_ledger::merkle::Frontier;
+use audit_ledger::{CHAIN_START, Hash};
+use audit_proto::pb::AuditEntry;
+
+use super::{Page, Read, Receipt, StartupCheck, StoredCheckpoint};
+use crate::error::Error;
+use crate::validate::NewEntry;
+
+/// An entry as the engine hands it to a backend to store.
+pub struct Row<'a> {
+    /// Its position in the log.
+    pub sequence: u64,
+    /// The validated entry, its retry digest and where it came from.
+    pub new: &'a NewEntry,
+    /// Hash of the entry at `sequence`.
+    pub entry_hash: Hash,
+    /// Chain value after it.
+    pub chain_hash: Hash,
+}
+
+/// What a backend holds for an id already stored.
+#[derive(Debug, Clone)]
+pub struct StoredId {
+    /// The receipt of its first recording.
+    pub receipt: Receipt,
+    /// Its retry digest, to tell a retry from a different entry reusing the id.
+    pub digest: Vec<u8>,
+}
+
+/// A checkpoint the engine signed, to store in the same group.
+#[derive(Debug, Clone)]
+pub struct NewCheckpoint {
+    /// Entries it covers.
+    pub size: u64,
+    /// When it was signed, in seconds since the Unix epoch.
+    pub time: u64,
+    /// The signed note.
+    pub note: String,
+}
+
+/// The tip of the log: what the next group chains onto. Shared by every writer of one
+/// database, which reads it under a lock when its group begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tip {
+    /// Sequence of the newest entry (0 for an empty log).
+    pub sequence: u64,
+    /// Chain value after it.
+    pub chain: Hash,
+    /// Merkle tree of every entry hash so far.
+    pub tree: Frontier,
+    /// Size of the newest checkpoint.
+    pub signed_size: u64,
+}
+
+impl Tip {
+    /// The tip of an empty log.
+    pub fn empty() -> Self {
+        Tip {
+            sequence: 0,
+            chain: CHAIN_START,
+            tree: Frontier::new(),
+            signed_size: 0,
+        }
+    }
+
+    /// Adds an entry stored at `sequence` (the next one) with its hashes.
+    pub fn push(&mut self, sequence: u64, entry_hash: &Hash, chain: &Hash) {
+        debug_assert_eq!(sequence, self.sequence + 1);
+        self.sequence = sequence;
+        self.chain = *chain;
+        self.tree.push(entry_hash);
+    }
+}
+
+/// Why a backend call failed. The engine decides what follows from it; only the service maps
+/// store errors to gRPC.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The database cannot be reached (refused, lost, timed out). Nothing of the open group is
+    /// committed, unless the failure struck the commit itself.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Storage failed (I/O error, full disk, constraint violated): what is on disk is not known
+    /// to be what the engine meant to write.
+    #[error("storage failed: {0}")]
+    Failed(String),
+}
+
+/// The write side of a backend: one connection, used by the engine's writer thread.
+pub trait Backend: Send + 'static {
+    /// Opens a connection for reads (one per pooled reader).
+    fn open_reader(&self) -> Result<Box<dyn Reader>, Error>;
+
+    /// Whether other processes may write the same log at once (replicas sharing a database).
+    /// Then [`Backend::begin`] returns the shared tip, the head is followed with
+    /// [`Backend::follow_head`], and a lost database is recovered rather than fatal.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Opens the transaction of one group. A shared backend locks the log's tip until commit or
+    /// rollback and returns it; an exclusive one returns `None` (the engine's tip is the truth).
+    fn begin(&mut self) -> Result<Option<Tip>, BackendError>;
+
+    /// The stored receipt of each id (UUIDs, validated), in the open transaction.
+    fn stored(&mut self, ids: &[&str]) -> Result<Vec<Option<StoredId>>, BackendError>;
+
+    /// Inserts rows (consecutive sequences after the tip) in the open transaction.
+    fn insert(&mut self, rows: &[Row<'_>]) -> Result<(), BackendError>;
+
+    /// Inserts a signed checkpoint in the open transaction.
+    fn insert_checkpoint(&mut self, checkpoint: &NewCheckpoint) -> Result<(), BackendError>;
+
+    /// Records `tip` as the log's new tip and commits the transaction durably. An error here
+    /// leaves the outcome unknown until [`Backend::recover`] settles it.
+    fn commit(&mut self, tip: &Tip) -> Result<(), BackendError>;
+
+    /// Rolls back the open transaction, if any.
+    fn rollback(&mut self);
+
+    /// Housekeeping after a commit, on the writer's path (bounding SQLite's write-ahead log).
+    fn after_commit(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Reconnects after a failure. Exclusive backends cannot (a failed fsync leaves the disk
+    /// in an unknown state), so the default refuses and the engine stays poisoned.
+    fn recover(&mut self) -> Result<(), BackendError> {
+        Err(BackendError::Failed("restart required".into()))
+    }
+
+    /// Follows commits made by other writers: calls `seen` with the committed head whenever it
+    /// may have moved, until `stop` is set. Only shared backends need it.
+    fn follow_head(&self) -> Option<Box<dyn HeadFollower>> {
+        None
+    }
+}
+
+/// Watches a shared log's head on a thread of its own.
+pub trait HeadFollower: Send + 'static {
+    /// Runs until `stop` is cancelled, calling `seen` with the committed head as it moves.
+    fn run(self: Box<Self>, seen: &dyn Fn(u64), stop: &std::sync::atomic::AtomicBool);
+}
+
+/// A stored entry as the start-up verification reads it.
+pub struct StoredEntry {
+    /// Its sequence.
+    pub sequence: u64,
+    /// The entry as stored (its `sequence` field set, hashes not).
+    pub entry: AuditEntry,
+    /// Stored entry hash.
+    pub entry_hash: Hash,
+    /// Stored chain hash.
+    pub chain_hash: Hash,
+    /// Stored retry digest.
+    pub digest: Vec<u8>,
+}
+
+/// The read side of a backend: one connection, used on a blocking thread.
+pub trait Reader: Send + 'static {
+    /// Entries matching a filter, in the read's direction, within its bounds.
+    fn read(&mut self, read: &Read) -> Result<Page, Error>;
+
+    /// The lowest sequence received at or after `nanos` since the Unix epoch.
+    fn first_received_since(&mut self, nanos: i64) -> Result<Option<u64>, Error>;
+
+    /// The newest checkpoint, or the newest of exactly `size` entries.
+    fn checkpoint(&mut self, size: Option<u64>) -> Result<Option<StoredCheckpoint>, Error>;
+
+    /// Checkpoints with an index above `after`, oldest first, at most `limit`.
+    fn checkpoints(&mut self, after: u64, limit: usize) -> Result<Vec<StoredCheckpoint>, Error>;
+
+    /// The largest size any stored checkpoint signs (0 when there is none).
+    fn largest_checkpoint(&mut self) -> Result<u64, Error>;
+
+    /// The stored hash of entry `sequence`.
+    fn entry_hash(&mut self, sequence: u64) -> Result<Option<Hash>, Error>;
+
+    /// Calls `each` with the sequence, entry hash and chain hash of every entry after `after`
+    /// up to `through`, in order, until it returns false. A missing or malformed hash (only in
+    /// a damaged store) is passed as zeros.
+    fn hashes(
+        &mut self,
+        after: u64,
+        through: u64,
+        each: &mut dyn FnMut(u64, Hash, Hash) -> bool,
+    ) -> Result<(), Error>;
+
+    /// Calls `each` with every stored entry after `after`, in order, until it returns an error
+    /// (which is returned as `Ok(Err(..))`).
+    fn entries(
+        &mut self,
+        after: u64,
+        each: &mut dyn FnMut(StoredEntry) -> Result<(), String>,
+    ) -> Result<Result<(), String>, Error>;
+
+    /// The sequence of the newest committed entry.
+    fn head(&mut self) -> Result<u64, Error>;
+
+    /// Checks the schema, and with [`StartupCheck::Full`] the storage's own integrity.
+    fn check(&mut self, check: StartupCheck) -> Result<Result<(), String>, Error>;
+
+    /// Starts a consistent snapshot: later reads see the log as of now, until
+    /// [`Reader::end_snapshot`]. Backends with one writer, verified before it starts, need none.
+    fn begin_snapshot(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Ends the snapshot started by [`Reader::begin_snapshot`].
+    fn end_snapshot(&mut self) {}
+}
+
+/// A missing or malformed stored hash reads as zeros; verification reports the entry.
+pub fn hash_or_zeros(value: Option<Vec<u8>>) -> Hash {
+    value.and_then(|h| h.try_into().ok()).unwrap_or([0; 32])
+}
