@@ -81,6 +81,31 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// The frontier as bytes: the size (8 bytes, big-endian), then each subtree root.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(8 + 32 * self.subtrees.len());
+        bytes.extend_from_slice(&self.size.to_be_bytes());
+        for subtree in &self.subtrees {
+            bytes.extend_from_slice(subtree);
+        }
+        bytes
+    }
+
+    /// The frontier written by [`Frontier::to_bytes`]; `None` unless it holds exactly one root
+    /// per set bit of its size.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (size, rest) = bytes.split_first_chunk::<8>()?;
+        let size = u64::from_be_bytes(*size);
+        if rest.len() != 32 * size.count_ones() as usize {
+            return None;
+        }
+        let subtrees = rest
+            .chunks_exact(32)
+            .map(|chunk| chunk.try_into().expect("32 bytes"))
+            .collect();
+        Some(Frontier { size, subtrees })
+    }
+
     /// The Merkle tree hash of the leaves so far.
     pub fn root(&self) -> Hash {
         let mut nodes = self.subtrees.iter().rev();
@@ -445,6 +470,17 @@ mod tests {
                 _ => m ^= 1 << (bit % 64),
             }
             prop_assert!(!verify_consistency(m, second, &first_root, &second_root, &proof));
+        }
+    }
+
+    #[test]
+    fn a_frontier_survives_its_bytes() {
+        let mut frontier = Frontier::new();
+        for i in 0..37u8 {
+            let bytes = frontier.to_bytes();
+            assert_eq!(Frontier::from_bytes(&bytes).as_ref(), Some(&frontier));
+            assert!(Frontier::from_bytes(&bytes[..bytes.len() - 1]).is_none());
+            frontier.push(&[i; 32]);
         }
     }
 }

@@ -314,7 +314,7 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 }
 
 /// Parses `1500ms`, `15s`, `2m` or a plain number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),

@@ -18,8 +18,11 @@ use crate::validate::{self, Context, NewEntry};
 
 /// A fresh database of one backend.
 pub trait Fixture: Send + Sync {
-    /// A new backend on the fixture's database, and whether its schema was just migrated.
+    /// A new backend on the fixture's database.
     fn backend(&self) -> Box<dyn Backend>;
+
+    /// Whether its backends are shared (replicas).
+    fn shared(&self) -> bool;
 }
 
 const EVERY_ENTRIES: u64 = 10;
@@ -48,7 +51,8 @@ fn key() -> SigningKey {
 }
 
 fn open(backend: Box<dyn Backend>) -> Log {
-    Log::open(backend, key(), true, false, &options()).expect("open log")
+    crate::store::postgres::off_runtime(|| Log::open(backend, key(), true, false, &options()))
+        .expect("open log")
 }
 
 /// Entry `i` of a varied set: every filtered field takes a few values.
@@ -358,7 +362,7 @@ pub async fn checkpoints_and_proofs(fixture: &dyn Fixture) {
 /// is not stored (or, after the commit itself, is stored at most once), and the log goes on
 /// from a consistent tip after a reopen.
 pub async fn failures(fixture: &dyn Fixture) {
-    let shared = fixture.backend().shared();
+    let shared = fixture.shared();
     let kind = if shared {
         Kind::Connection
     } else {
@@ -468,6 +472,10 @@ mod memory_exclusive {
         fn backend(&self) -> Box<dyn Backend> {
             self.0.backend(self.1)
         }
+
+        fn shared(&self) -> bool {
+            self.1
+        }
     }
 
     conformance_tests!(Memory(MemoryDatabase::new(), false));
@@ -489,7 +497,72 @@ mod sqlite {
                 .expect("open")
                 .0
         }
+
+        fn shared(&self) -> bool {
+            false
+        }
     }
 
     conformance_tests!(Sqlite(tempfile::tempdir().expect("temp dir")));
+}
+
+/// A database of its own on the PostgreSQL server the tests use (`AUDIT_TEST_POSTGRES`, by
+/// default the local one), dropped at the end.
+pub struct PostgresDatabase {
+    admin: String,
+    name: String,
+    /// URL of the database.
+    pub url: String,
+}
+
+impl PostgresDatabase {
+    /// Creates a fresh database.
+    pub fn create() -> Self {
+        let admin = std::env::var("AUDIT_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("audit_unit_{}", uuid::Uuid::new_v4().simple());
+        crate::store::postgres::off_runtime(|| {
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+                .expect("PostgreSQL on 127.0.0.1:5432 (see README: the test suite needs it)");
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("create database");
+        });
+        let base = admin.rsplit_once('/').expect("URL with a database").0;
+        let url = format!("{base}/{name}");
+        Self { admin, name, url }
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        crate::store::postgres::off_runtime(|| {
+            if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+                let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+                let _ = client.batch_execute(&drop);
+            }
+        });
+    }
+}
+
+mod postgres_backend {
+    use super::*;
+    use crate::store::postgres::{PostgresBackend, Settings};
+
+    struct Postgres(PostgresDatabase);
+
+    impl Fixture for Postgres {
+        fn backend(&self) -> Box<dyn Backend> {
+            let settings = Settings::parse(&self.0.url).expect("settings");
+            let backend = PostgresBackend::new(&settings).expect("connect");
+            // Migrated, and moved off this thread, so its connection lives on the writer's.
+            Box::new(backend)
+        }
+
+        fn shared(&self) -> bool {
+            true
+        }
+    }
+
+    conformance_tests!(Postgres(PostgresDatabase::create()));
 }

@@ -198,6 +198,9 @@ impl Log {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // Dropped off the async threads: a PostgreSQL connection stops a runtime of its own.
+        let readers = std::mem::take(&mut *self.inner.readers.connections.lock().expect("pool"));
+        let _ = tokio::task::spawn_blocking(move || drop(readers)).await;
         let follower = self.inner.follower.lock().expect("follower lock").take();
         if let Some((stop, thread)) = follower {
             stop.store(true, Ordering::SeqCst);

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod fault;
 mod filter;
 pub mod memory;
+pub mod postgres;
 mod recent;
 pub mod signer;
 pub mod sqlite;
