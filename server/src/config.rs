@@ -50,8 +50,16 @@ pub struct Config {
     )]
     pub max_denied_per_identity_per_second: u32,
 
-    /// Directory holding the embedded SQLite database (`audit.db`); created with mode 0700 if
-    /// missing. Only one server may use a data directory at a time.
+    /// Where the log is kept: `sqlite` (the embedded default, in `--data-dir`), or a
+    /// PostgreSQL URL, `postgres://USER@HOST:PORT/DB`, that any number of replicas may share
+    /// (they need the same `--signing-key`). URL options: `connect_timeout` (seconds),
+    /// `statement_timeout` and `poll_interval` (durations), `pool_size` (read connections).
+    #[arg(long, env = "AUDIT_STORE", default_value = "sqlite", value_parser = parse_store)]
+    pub store: StoreLocation,
+
+    /// Directory holding the embedded SQLite database (`audit.db`) and, without
+    /// `--signing-key`, the signing key; created with mode 0700 if missing. Only one server may
+    /// use a data directory at a time.
     #[arg(long, env = "AUDIT_DATA_DIR", default_value = "./audit-data")]
     pub data_dir: PathBuf,
 
@@ -76,6 +84,27 @@ pub struct Config {
     /// Validation and resource limits.
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// Where the log is kept.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// The embedded SQLite database in the data directory.
+    Sqlite,
+    /// A PostgreSQL database shared by replicas.
+    Postgres(crate::store::postgres::Settings),
+}
+
+fn parse_store(text: &str) -> Result<StoreLocation, String> {
+    if text == "sqlite" {
+        return Ok(StoreLocation::Sqlite);
+    }
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return crate::store::postgres::Settings::parse(text)
+            .map(StoreLocation::Postgres)
+            .map_err(|e| e.to_string());
+    }
+    Err("expected `sqlite` or a postgres:// URL".into())
 }
 
 /// Format of the server's own log.

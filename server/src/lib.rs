@@ -66,13 +66,26 @@ impl AuditServer {
             read_connections: limits.read_connections,
             checkpointing: config.checkpoints.checkpointing(),
         };
-        let store = store::sqlite::open(
-            &config.data_dir,
-            &log,
-            &store::sqlite::Options {
-                max_wal_bytes: limits.max_wal_bytes,
-            },
-        )?;
+        let store = match &config.store {
+            config::StoreLocation::Sqlite => store::sqlite::open(
+                &config.data_dir,
+                &log,
+                &store::sqlite::Options {
+                    max_wal_bytes: limits.max_wal_bytes,
+                },
+            )?,
+            config::StoreLocation::Postgres(settings) => {
+                // Only the key lives in the data directory, when `--signing-key` is not given.
+                let key_dir = match log.checkpointing.signing_key {
+                    Some(_) => None,
+                    None => {
+                        create_private_dir(&config.data_dir)?;
+                        Some(config.data_dir.as_path())
+                    }
+                };
+                store::postgres::open(settings, key_dir, &log)?
+            }
+        };
         Ok(Self {
             limits,
             connections: config.connections,
@@ -159,7 +172,21 @@ impl AuditServer {
     }
 }
 
-/// Reports SERVING while the store is writable and NOT_SERVING for good once it fails.
+/// Creates `dir` with mode 0700 if it is missing.
+fn create_private_dir(dir: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::StoreFailed(format!("create {}: {e}", dir.display())))
+}
+
+/// Reports SERVING while the store is writable and NOT_SERVING while it is not (for good after
+/// a storage failure; until the database is back for a shared store).
 async fn follow_store_health(
     mut writable: tokio::sync::watch::Receiver<bool>,
     health: HealthReporter,

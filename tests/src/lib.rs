@@ -297,3 +297,97 @@ pub fn assert_gapless(entries: &[pb::AuditEntry], first: u64) {
         );
     }
 }
+
+/// A PostgreSQL database of its own on the server the tests use (`AUDIT_TEST_POSTGRES`, by
+/// default `postgres://postgres@127.0.0.1:5432/test`), dropped when this is.
+pub struct PostgresDatabase {
+    admin: String,
+    name: String,
+    /// URL of the database, for `--store`.
+    pub url: String,
+}
+
+impl PostgresDatabase {
+    /// Creates a fresh, empty database.
+    pub async fn create() -> Self {
+        let admin = std::env::var("AUDIT_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("audit_e2e_{}", uuid::Uuid::new_v4().simple());
+        Self::admin_sql(&admin, &format!("CREATE DATABASE {name}")).await;
+        let base = admin.rsplit_once('/').expect("URL with a database").0;
+        let url = format!("{base}/{name}");
+        Self { admin, name, url }
+    }
+
+    /// Runs SQL statements in this database (to tamper with it).
+    pub async fn sql(&self, sql: &str) {
+        connect(&self.url)
+            .await
+            .batch_execute(sql)
+            .await
+            .expect("SQL");
+    }
+
+    /// Runs a query in this database and returns its rows.
+    pub async fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        connect(&self.url)
+            .await
+            .query(sql, &[])
+            .await
+            .expect("query")
+    }
+
+    /// Closes every connection to this database whose application name starts with `prefix`,
+    /// as a database restart or a network cut would; returns how many were closed.
+    pub async fn terminate(&self, prefix: &str) -> i64 {
+        let client = connect(&self.admin).await;
+        let rows = client
+            .query(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = $1 AND application_name LIKE $2",
+                &[&self.name, &format!("{prefix}%")],
+            )
+            .await
+            .expect("terminate");
+        rows[0].get(0)
+    }
+
+    async fn admin_sql(admin: &str, sql: &str) {
+        connect(admin)
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e} (the tests need PostgreSQL on {admin})"));
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Off the test's runtime, which may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = client.batch_execute(&drop).await;
+                }
+            });
+        })
+        .join();
+    }
+}

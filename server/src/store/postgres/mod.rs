@@ -104,9 +104,14 @@ impl Settings {
         })
     }
 
-    /// A new connection, with the statement timeout set.
-    fn connect(&self) -> Result<Client, postgres::Error> {
-        let mut client = self.config.connect(NoTls)?;
+    /// A new connection for `role` (`writer`, `reader` or `follower`, appended to its
+    /// application name so that operators can tell them apart), with the statement timeout set.
+    fn connect(&self, role: &str) -> Result<Client, postgres::Error> {
+        let mut config = self.config.clone();
+        let name = config.get_application_name().unwrap_or("audit-server");
+        let name = format!("{name} {role}");
+        config.application_name(&name);
+        let mut client = config.connect(NoTls)?;
         let millis = self.statement_timeout.as_millis();
         client.batch_execute(&format!("SET statement_timeout = {millis}"))?;
         Ok(client)
@@ -116,10 +121,15 @@ impl Settings {
 /// Whether a failed call lost the connection (then nothing of an open group is committed,
 /// unless it struck the commit) rather than being refused by the database.
 fn classify(client: &Client, error: postgres::Error) -> BackendError {
-    let timed_out = error
-        .code()
-        .is_some_and(|c| *c == postgres::error::SqlState::QUERY_CANCELED);
-    if client.is_closed() || error.is_closed() || error.code().is_none() || timed_out {
+    // Connection exceptions (08), operator intervention such as a shutdown or a cancelled
+    // statement (57), insufficient resources (53), and a transaction rolled back by the
+    // database (40): the database may answer again, and nothing of the group was kept.
+    let transient = error.code().is_none_or(|c| {
+        ["08", "57", "53", "40"]
+            .iter()
+            .any(|class| c.code().starts_with(class))
+    });
+    if client.is_closed() || error.is_closed() || transient {
         BackendError::Unavailable(error.to_string())
     } else {
         BackendError::Failed(error.to_string())
@@ -148,7 +158,7 @@ fn open_here(
 ) -> Result<Log, Error> {
     let unavailable =
         |e: postgres::Error| Error::StoreFailed(format!("cannot reach PostgreSQL: {e}"));
-    let mut client = settings.connect().map_err(unavailable)?;
+    let mut client = settings.connect("writer").map_err(unavailable)?;
     schema::migrate(&mut client)?;
     let key = signer::load_key(key_dir, &log.checkpointing)?;
     let backend = PostgresBackend {
@@ -178,7 +188,7 @@ impl PostgresBackend {
     pub fn new(settings: &Settings) -> Result<Self, Error> {
         let client = off_runtime(|| {
             let mut client = settings
-                .connect()
+                .connect("writer")
                 .map_err(|e| Error::StoreFailed(format!("cannot reach PostgreSQL: {e}")))?;
             schema::migrate(&mut client)?;
             Ok::<_, Error>(client)
@@ -409,7 +419,7 @@ impl Backend for PostgresBackend {
         self.client = None;
         let client = self
             .settings
-            .connect()
+            .connect("writer")
             .map_err(|e| BackendError::Unavailable(e.to_string()))?;
         self.client = Some(client);
         Ok(())
@@ -461,7 +471,7 @@ impl Follower {
 
     /// Listens and polls on one connection until it fails or `stop` is set.
     fn listen(&self, seen: &dyn Fn(u64), stop: &AtomicBool) -> Result<(), postgres::Error> {
-        let mut client = self.settings.connect()?;
+        let mut client = self.settings.connect("follower")?;
         client.batch_execute("LISTEN audit_head")?;
         let mut polled = Instant::now();
         seen(Self::head(&mut client)?);

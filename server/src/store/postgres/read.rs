@@ -33,7 +33,7 @@ impl PostgresReader {
             self.client = None;
         }
         if self.client.is_none() {
-            let client = self.settings.connect().map_err(unavailable)?;
+            let client = self.settings.connect("reader").map_err(unavailable)?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected"))
@@ -44,8 +44,24 @@ impl PostgresReader {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<postgres::Row>, Error> {
-        let result = self.client()?.query(sql, params);
-        result.map_err(|e| self.failed(e))
+        // A connection the database closed since the last read is found out here: reads are
+        // safe to repeat, so one retry on a new connection hides it.
+        for attempt in 0..2 {
+            let result = self.client()?.query(sql, params);
+            match result {
+                Ok(rows) => return Ok(rows),
+                Err(error) => {
+                    let lost = self.client.as_ref().is_none_or(Client::is_closed)
+                        || error.is_closed()
+                        || error.code().is_some_and(|c| c.code().starts_with("57P"));
+                    if !(lost && attempt == 0) {
+                        return Err(self.failed(error));
+                    }
+                    self.client = None;
+                }
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     fn failed(&mut self, error: postgres::Error) -> Error {

@@ -1,0 +1,251 @@
+//! Several replicas on one PostgreSQL database keep the guarantees of one server: one gapless
+//! sequence, one chain, every acknowledged entry exactly once, subscribers on every replica
+//! seeing every entry in order, through kill -9, lost connections and lost notifications.
+//! Each test has a database of its own on the local PostgreSQL.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use audit_client::{Client, ServingStatus, Start, pb};
+use audit_tests::{PostgresDatabase, TestServer, all_entries, assert_gapless, entry, take_entries};
+use tonic::Code;
+
+/// A signing key file shared by the replicas of one test.
+fn shared_key(dir: &Path) -> String {
+    let key = audit_ledger::SigningKey::generate("audit-log").expect("key");
+    let path = dir.join("signing.key");
+    std::fs::write(&path, format!("{}\n", key.to_text())).expect("write key");
+    path.display().to_string()
+}
+
+/// Starts `count` replicas on `db` with the key in `dir`.
+async fn replicas(
+    db: &PostgresDatabase,
+    key: &str,
+    count: usize,
+    extra: &[&str],
+) -> Vec<TestServer> {
+    let mut servers = Vec::new();
+    for _ in 0..count {
+        let mut args = vec!["--store", db.url.as_str(), "--signing-key", key];
+        args.extend_from_slice(extra);
+        servers.push(TestServer::start_with_args(&args).await);
+    }
+    servers
+}
+
+/// Records `count` entries with client-chosen ids through `client`; returns id → sequence.
+async fn record(client: Client, tag: String, count: usize) -> HashMap<String, u64> {
+    let mut acked = HashMap::new();
+    for i in 0..count {
+        let one = entry("writer", "/a.B/C")
+            .random_id()
+            .resource(format!("{tag}/{i}"))
+            .build();
+        let receipt = client.record(one).await.expect("record");
+        acked.insert(receipt.id, receipt.sequence);
+    }
+    acked
+}
+
+/// Checks that the log holds every acknowledged id exactly once, at its receipt's sequence.
+fn check_log(stored: &[pb::AuditEntry], acked: &HashMap<String, u64>) {
+    assert_gapless(stored, 1);
+    let mut by_id = HashMap::new();
+    for entry in stored {
+        assert!(
+            by_id.insert(entry.id.clone(), entry.sequence).is_none(),
+            "duplicate {}",
+            entry.id
+        );
+    }
+    for (id, sequence) in acked {
+        assert_eq!(by_id.get(id), Some(sequence), "{id} stored at its receipt");
+    }
+}
+
+async fn verify(server: &TestServer) {
+    let output = tokio::process::Command::new(audit_tests::binary("audit"))
+        .args(["--server", &server.uri(), "verify"])
+        .output()
+        .await
+        .expect("audit verify");
+    assert!(
+        output.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_with_four_writers_each_keep_one_gapless_log() {
+    const PER_WRITER: usize = 60;
+    let db = PostgresDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = shared_key(dir.path());
+    let servers = replicas(&db, &key, 3, &[]).await;
+    let mut clients = Vec::new();
+    for server in &servers {
+        clients.push(server.client().await);
+    }
+    // A subscriber on each replica, from the start of the log.
+    let mut subscriptions: Vec<_> = clients
+        .iter()
+        .map(|c| c.subscribe(pb::Filter::default(), Start::AfterSequence(0)))
+        .collect();
+    let writers: Vec<_> = (0..12)
+        .map(|w| tokio::spawn(record(clients[w % 3].clone(), format!("w{w}"), PER_WRITER)))
+        .collect();
+    let mut acked = HashMap::new();
+    for writer in writers {
+        acked.extend(writer.await.expect("writer"));
+    }
+    let total = 12 * PER_WRITER;
+    assert_eq!(acked.len(), total);
+    let mut seen = Vec::new();
+    for subscription in &mut subscriptions {
+        let entries = take_entries(subscription, total).await;
+        check_log(&entries, &acked);
+        seen.push(entries.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "every replica sent the same log"
+    );
+    for client in &clients {
+        check_log(&all_entries(client).await, &acked);
+    }
+    verify(&servers[2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_racing_the_same_idempotent_id_store_it_once() {
+    let db = PostgresDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = shared_key(dir.path());
+    let servers = replicas(&db, &key, 2, &[]).await;
+    let (a, b) = (servers[0].client().await, servers[1].client().await);
+    for i in 0..20 {
+        let one = entry("racer", "/a.B/C")
+            .random_id()
+            .resource(format!("r/{i}"))
+            .build();
+        let (first, second) = tokio::join!(a.record(one.clone()), b.record(one.clone()));
+        let (first, second) = (first.expect("a"), second.expect("b"));
+        assert_eq!(
+            first.sequence, second.sequence,
+            "both get the first receipt"
+        );
+        // Other content under the same id is refused on either replica.
+        let mut other = one.clone();
+        other.resource = "different".into();
+        let refused = b.record(other).await.unwrap_err();
+        assert_eq!(refused.code(), Some(Code::AlreadyExists), "{refused:?}");
+    }
+    let stored = all_entries(&a).await;
+    assert_eq!(stored.len(), 20);
+    assert_gapless(&stored, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_under_load_loses_nothing_and_the_other_goes_on() {
+    let db = PostgresDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = shared_key(dir.path());
+    let mut servers = replicas(&db, &key, 2, &[]).await;
+    let victim = servers.remove(0);
+    let survivor = servers.remove(0);
+    let (doomed, steady) = (victim.client().await, survivor.client().await);
+    let steady_writer = tokio::spawn(record(steady.clone(), "steady".into(), 200));
+    // The doomed replica's writers record until it dies.
+    let doomed_writer = tokio::spawn(async move {
+        let mut acked = HashMap::new();
+        for i in 0..10_000 {
+            let one = entry("doomed", "/a.B/C")
+                .random_id()
+                .resource(format!("d/{i}"))
+                .build();
+            match doomed.record(one).await {
+                Ok(receipt) => {
+                    acked.insert(receipt.id, receipt.sequence);
+                }
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted = victim.crash_and_restart().await;
+    let mut acked = steady_writer.await.expect("steady writer");
+    acked.extend(doomed_writer.await.expect("doomed writer"));
+    let restarted_client = restarted.client().await;
+    acked.extend(record(restarted_client.clone(), "after".into(), 20).await);
+    check_log(&all_entries(&steady).await, &acked);
+    check_log(&all_entries(&restarted_client).await, &acked);
+    verify(&restarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_database_connection_fails_writes_fast_and_recovers() {
+    let db = PostgresDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = shared_key(dir.path());
+    let servers = replicas(&db, &key, 1, &[]).await;
+    let client = servers[0].client().await;
+    let mut acked = record(client.clone(), "before".into(), 20).await;
+    // Every connection of the replica is cut, as a database restart does.
+    assert!(db.terminate("audit-server").await >= 2);
+    // The writer learns it at its next call: that write fails fast (or, if it already
+    // reconnected, succeeds); health follows; then writes resume by themselves.
+    let mut refused = 0;
+    let started = std::time::Instant::now();
+    for i in 0..400 {
+        let one = entry("app", "/a.B/C")
+            .random_id()
+            .resource(format!("x/{i}"))
+            .build();
+        match client.record(one).await {
+            Ok(receipt) => {
+                acked.insert(receipt.id, receipt.sequence);
+                if refused > 0 {
+                    break;
+                }
+            }
+            Err(error) => {
+                assert_eq!(error.code(), Some(Code::Unavailable), "{error:?}");
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert!(refused > 0, "the cut connection was noticed");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "recovered by itself"
+    );
+    assert_eq!(client.health("").await.unwrap(), ServingStatus::Serving);
+    check_log(&all_entries(&client).await, &acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_gets_everything_when_notifications_are_lost() {
+    let db = PostgresDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = shared_key(dir.path());
+    let servers = replicas(&db, &key, 2, &[]).await;
+    let (reader, writer) = (servers[0].client().await, servers[1].client().await);
+    let mut subscription = reader.subscribe(pb::Filter::default(), Start::AfterSequence(0));
+    let writing = tokio::spawn(record(writer, "w".into(), 150));
+    // Cut the reading replica's listening connection again and again while entries arrive.
+    let mut cuts = 0;
+    while !writing.is_finished() {
+        cuts += db.terminate("audit-server follower").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acked = writing.await.expect("writer");
+    assert!(cuts > 0, "the listening connection was cut");
+    let entries = take_entries(&mut subscription, 150).await;
+    check_log(&entries, &acked);
+}
