@@ -280,11 +280,26 @@ pub async fn idempotent_ids_and_atomic_batches(fixture: &dyn Fixture) {
     let refused = log.append(vec![fresh.clone(), other]).await.unwrap_err();
     assert!(matches!(refused, Error::IdConflict { .. }), "{refused}");
     assert_eq!(*log.head().borrow(), 1, "the refused batch stored nothing");
+    // The same id twice in one request: stored once if the content is the same, else the
+    // request is refused; neither harms the log.
+    let twice = new_entry(5);
+    let receipts = log
+        .append(vec![twice.clone(), twice.clone()])
+        .await
+        .expect("twice");
+    assert_eq!(receipts[0], receipts[1]);
+    let mut different = new_entry(6);
+    different.entry.id = new_entry(7).entry.id;
+    let mut clash = new_entry(8);
+    clash.entry.id = different.entry.id.clone();
+    let refused = log.append(vec![different, clash]).await.unwrap_err();
+    assert!(matches!(refused, Error::IdConflict { .. }), "{refused}");
+    assert!(*log.writable().borrow());
     // Two requests in one group with the same new id: stored once.
     let b = new_entry(4);
     let (one, two) = tokio::join!(log.append(vec![b.clone()]), log.append(vec![b.clone()]));
     assert_eq!(one.expect("one"), two.expect("two"));
-    assert_eq!(*log.head().borrow(), 2);
+    assert_eq!(*log.head().borrow(), 3);
     log.close().await;
     // And after a reopen.
     let log = open(fixture.backend());

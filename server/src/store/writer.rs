@@ -9,13 +9,14 @@
 //! (PostgreSQL) refuses writes while it reconnects; a commit whose reply was lost is settled
 //! by looking for its first entry once the database answers again, and only then answered.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use super::Receipt;
-use super::backend::{Backend, BackendError, NewCheckpoint, Row, Tip};
+use super::backend::{Backend, BackendError, NewCheckpoint, Row, StoredId, Tip};
 use super::engine::advance;
 use super::recent::{Kept, Recent};
 use super::signer::Signer;
@@ -41,6 +42,23 @@ const SETTLE_PATIENCE: Duration = Duration::from_secs(5);
 /// Why one write request of a group failed without failing the group.
 enum JobFailure {
     Conflict { field: String, id: String },
+}
+
+/// The rows a group inserts, and where each id is among them.
+#[derive(Default)]
+struct GroupRows<'a> {
+    rows: Vec<Row<'a>>,
+    ids: HashMap<&'a str, usize>,
+}
+
+fn receipt_of(row: &Row<'_>) -> Receipt {
+    Receipt {
+        id: row.new.entry.id.clone(),
+        sequence: row.sequence,
+        request_id: row.new.entry.request_id.clone(),
+        entry_hash: row.entry_hash,
+        chain_hash: row.chain_hash,
+    }
 }
 
 /// The state of the writer after a failure.
@@ -257,8 +275,13 @@ impl Writer {
         }
         let mut tip = self.tip.clone();
         let mut outcomes = Vec::with_capacity(group.len());
+        let mut group_rows = GroupRows::default();
         for job in group {
-            outcomes.push(self.apply_job(&job.entries, &mut tip)?);
+            outcomes.push(self.apply_job(&job.entries, &mut tip, &mut group_rows)?);
+        }
+        // One insert for the whole group: one round trip to a database server.
+        if !group_rows.rows.is_empty() {
+            self.backend.insert(&group_rows.rows)?;
         }
         // A due checkpoint rides on this commit: no extra sync.
         let signed = if self.signer.due(&tip) {
@@ -275,14 +298,16 @@ impl Writer {
     /// Applies one request: entries whose client-chosen id is already stored are not stored
     /// again (their receipt is the first one); if such an entry's content differs, the request
     /// is refused before anything of it is written. Server-chosen ids are fresh UUIDv7s.
-    fn apply_job(
+    fn apply_job<'a>(
         &mut self,
-        entries: &[NewEntry],
+        entries: &'a [NewEntry],
         tip: &mut Tip,
+        group: &mut GroupRows<'a>,
     ) -> Result<Result<Vec<Receipt>, JobFailure>, BackendError> {
+        // Ids stored earlier in this group are not in the backend yet.
         let client_ids: Vec<&str> = entries
             .iter()
-            .filter(|new| new.client_id)
+            .filter(|new| new.client_id && !group.ids.contains_key(new.entry.id.as_str()))
             .map(|new| new.entry.id.as_str())
             .collect();
         let mut earlier = if client_ids.is_empty() {
@@ -292,11 +317,28 @@ impl Writer {
         }
         .into_iter();
         let mut stored = Vec::with_capacity(entries.len());
+        // The same id twice in one request: one entry, if the content is the same.
+        let mut in_request: HashMap<&str, &[u8; 32]> = HashMap::new();
         for new in entries {
-            let found = if new.client_id {
-                earlier.next().flatten()
-            } else {
-                None
+            if new.client_id
+                && let Some(digest) = in_request.insert(new.entry.id.as_str(), &new.digest)
+                && *digest != new.digest
+            {
+                return Ok(Err(JobFailure::Conflict {
+                    field: format!("{}.id", new.path),
+                    id: new.entry.id.clone(),
+                }));
+            }
+            let found = match group.ids.get(new.entry.id.as_str()) {
+                Some(index) if new.client_id => {
+                    let row = &group.rows[*index];
+                    Some(StoredId {
+                        receipt: receipt_of(row),
+                        digest: row.new.digest.to_vec(),
+                    })
+                }
+                _ if new.client_id => earlier.next().flatten(),
+                _ => None,
             };
             if let Some(found) = &found
                 && found.digest != new.digest
@@ -308,33 +350,30 @@ impl Writer {
             }
             stored.push(found.map(|found| found.receipt));
         }
-        let mut rows = Vec::new();
         let mut receipts = Vec::with_capacity(entries.len());
         for (new, earlier) in entries.iter().zip(stored) {
             if let Some(receipt) = earlier {
                 receipts.push(receipt);
                 continue;
             }
+            if let Some(index) = group.ids.get(new.entry.id.as_str()) {
+                // Earlier in this request, with the same content (checked above).
+                receipts.push(receipt_of(&group.rows[*index]));
+                continue;
+            }
             let sequence = tip.sequence + 1;
             let entry_hash = audit_ledger::entry_hash_at(&new.entry, sequence);
             let chain_hash = audit_ledger::chain_hash(&tip.chain, &entry_hash);
             tip.push(sequence, &entry_hash, &chain_hash);
-            receipts.push(Receipt {
-                id: new.entry.id.clone(),
-                sequence,
-                request_id: new.entry.request_id.clone(),
-                entry_hash,
-                chain_hash,
-            });
-            rows.push(Row {
+            let row = Row {
                 sequence,
                 new,
                 entry_hash,
                 chain_hash,
-            });
-        }
-        if !rows.is_empty() {
-            self.backend.insert(&rows)?;
+            };
+            receipts.push(receipt_of(&row));
+            group.ids.insert(new.entry.id.as_str(), group.rows.len());
+            group.rows.push(row);
         }
         Ok(Ok(receipts))
     }
