@@ -11,6 +11,7 @@ mod load;
 mod noop;
 mod postgres;
 mod process;
+mod replicas;
 mod report;
 mod storage;
 
@@ -105,6 +106,8 @@ const BATCHES: [usize; 3] = [10, 100, 1000];
 const BATCH_CONCURRENCY: usize = 1;
 /// Unary callers share this many connections (HTTP/2 multiplexes the rest).
 const MAX_CONNECTIONS: usize = 4;
+/// Entries per second recorded on one replica while another delivers them.
+const PG_DELIVERY_RATE: u64 = 500;
 
 struct Plan {
     timing: Timing,
@@ -273,7 +276,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     bench
                         .postgres(key, &args.postgres, &factory, Pg::Batch(100), plan.timing)
                         .await?;
+                    // The server's own PostgreSQL backend, beside the hand-written baseline.
+                    for replicas in [1, 2] {
+                        bench
+                            .postgres_backend(
+                                &args.postgres,
+                                replicas,
+                                100,
+                                size_name,
+                                &factory,
+                                plan.timing,
+                            )
+                            .await?;
+                    }
                 }
+                let factory = Arc::new(EntryFactory::new(300));
+                bench
+                    .postgres_delivery(&args.postgres, PG_DELIVERY_RATE, &factory, plan.timing)
+                    .await?;
             }
             Err(error) => {
                 let note = format!(

@@ -222,6 +222,43 @@ impl Report {
             );
         }
 
+        // The PostgreSQL backend against hand-written PostgreSQL in the same run.
+        for size in sizes {
+            let ours = format!("audit-pg batch 100 {size}");
+            push(
+                &mut targets,
+                format!(
+                    "PostgreSQL backend RecordBatch(100) {size} vs hand-written batched insert"
+                ),
+                &ours,
+                &format!("postgres batch 100 {size}"),
+                Some((0.8, true)),
+            );
+            let c1 = format!("postgres per-entry c=1 {size}");
+            let c64 = format!("postgres per-entry c=64 {size}");
+            let best = match (rate(&c1), rate(&c64)) {
+                (Some(a), Some(b)) if a > b => c1,
+                (Some(_), None) => c1,
+                _ => c64,
+            };
+            push(
+                &mut targets,
+                format!(
+                    "PostgreSQL backend RecordBatch(100) {size} vs one commit per entry (best)"
+                ),
+                &ours,
+                &best,
+                Some((5.0, true)),
+            );
+            push(
+                &mut ratios,
+                format!("PostgreSQL backend batch 100 {size}: 2 replicas / 1"),
+                &format!("audit-pg x2 batch 100 {size}"),
+                &ours,
+                None,
+            );
+        }
+
         let fanout_base = self
             .case("fanout throughput subs=0")
             .map(|c| c.entries_per_sec);

@@ -92,7 +92,7 @@ pub enum StoreLocation {
     /// The embedded SQLite database in the data directory.
     Sqlite,
     /// A PostgreSQL database shared by replicas.
-    Postgres(crate::store::postgres::Settings),
+    Postgres(Box<crate::store::postgres::Settings>),
 }
 
 fn parse_store(text: &str) -> Result<StoreLocation, String> {
@@ -101,7 +101,7 @@ fn parse_store(text: &str) -> Result<StoreLocation, String> {
     }
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         return crate::store::postgres::Settings::parse(text)
-            .map(StoreLocation::Postgres)
+            .map(|settings| StoreLocation::Postgres(Box::new(settings)))
             .map_err(|e| e.to_string());
     }
     Err("expected `sqlite` or a postgres:// URL".into())

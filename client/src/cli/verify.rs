@@ -29,8 +29,12 @@ const TAMPERED: u8 = 3;
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Data directory of a stopped server to verify offline, instead of asking `--server`.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "store")]
     data_dir: Option<PathBuf>,
+    /// A PostgreSQL log (`postgres://USER@HOST:PORT/DB`, as the servers' `--store`) to verify
+    /// straight from the database, instead of asking `--server`; needs `--public-key`.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// The log's public key, `<name>+<id>+<base64>`, or a file holding it.
     #[arg(long, value_name = "KEY|FILE")]
     public_key: Option<String>,
@@ -95,12 +99,13 @@ pub async fn run(
         checkpoints,
     };
     let started = std::time::Instant::now();
-    let report = match &args.data_dir {
-        Some(dir) => {
+    let report = match (&args.data_dir, &args.store) {
+        (Some(dir), _) => {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || verify::verify_data_dir(&dir, &trust)).await??
         }
-        None => verify::verify_server(&connect().await?, &trust).await?,
+        (None, Some(url)) => verify::verify_postgres(url, &trust).await?,
+        (None, None) => verify::verify_server(&connect().await?, &trust).await?,
     };
     print_report(&report, started.elapsed())
 }

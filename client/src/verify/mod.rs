@@ -17,12 +17,16 @@
 
 #[cfg(feature = "offline")]
 mod offline;
+#[cfg(feature = "offline")]
+mod offline_postgres;
 mod online;
 mod verifier;
 
 pub use audit_ledger::{Checkpoint, Hash, PublicKey};
 #[cfg(feature = "offline")]
 pub use offline::verify_data_dir;
+#[cfg(feature = "offline")]
+pub use offline_postgres::verify_postgres;
 pub use online::{check_consistency, check_inclusion, verify_server};
 pub use verifier::{Problem, Report, Verifier};
 

@@ -124,7 +124,7 @@ pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> 
             break;
         }
         // After the hashes: a changed entry is reported as such, not by its columns.
-        if let Some(column) = mismatched_column(row, &entry) {
+        if let Some(column) = mismatched_column(&Columns::of_sqlite(row), &entry) {
             verifier.problem(
                 sequence,
                 format!("the indexed column `{column}` does not match the entry"),
@@ -144,8 +144,55 @@ pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> 
     Ok(verifier.finish())
 }
 
-/// The first indexed column of `row` that disagrees with `entry`, as the server derives them.
-fn mismatched_column(row: &rusqlite::Row<'_>, entry: &AuditEntry) -> Option<&'static str> {
+/// The indexed columns of one stored row, as read from either database.
+pub(super) struct Columns {
+    pub id: Option<Vec<u8>>,
+    pub request_id: Option<String>,
+    pub time_ns: Option<i64>,
+    pub received_ns: Option<i64>,
+    pub source: Option<String>,
+    pub method: Option<String>,
+    pub event: Option<String>,
+    pub category: Option<String>,
+    pub resource: Option<String>,
+    pub level: Option<i64>,
+    pub outcome: Option<i64>,
+    pub status_code: Option<i64>,
+    pub principal: Option<String>,
+    pub spiffe_id: Option<String>,
+    /// The labels column parsed as a JSON object of strings.
+    pub labels: Option<std::collections::HashMap<String, String>>,
+}
+
+impl Columns {
+    /// The columns of a SQLite row of `SELECT sequence, entry, entry_hash, chain_hash, id, ...`.
+    fn of_sqlite(row: &rusqlite::Row<'_>) -> Self {
+        let labels = row
+            .get::<_, String>(18)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        Columns {
+            id: row.get(4).ok(),
+            request_id: row.get(5).ok(),
+            time_ns: row.get(6).ok(),
+            received_ns: row.get(7).ok(),
+            source: row.get(8).ok(),
+            method: row.get(9).ok(),
+            event: row.get(10).ok(),
+            category: row.get(11).ok(),
+            resource: row.get(12).ok(),
+            level: row.get(13).ok(),
+            outcome: row.get(14).ok(),
+            status_code: row.get(15).ok(),
+            principal: row.get(16).ok(),
+            spiffe_id: row.get(17).ok(),
+            labels,
+        }
+    }
+}
+
+/// The first indexed column that disagrees with `entry`, as the server derives them.
+pub(super) fn mismatched_column(row: &Columns, entry: &AuditEntry) -> Option<&'static str> {
     fn nanos(time: Option<&prost_types::Timestamp>) -> i64 {
         time.and_then(|t| {
             t.seconds
@@ -165,25 +212,34 @@ fn mismatched_column(row: &rusqlite::Row<'_>, entry: &AuditEntry) -> Option<&'st
         ),
     };
     let id = uuid::Uuid::parse_str(&entry.id).map(|id| id.as_bytes().to_vec());
-    let labels = serde_json::to_string(&entry.labels).unwrap_or_default();
-    let text = |i: usize, want: &str| row.get::<_, String>(i).ok().as_deref() == Some(want);
-    let int = |i: usize, want: i64| row.get::<_, i64>(i).ok() == Some(want);
+    let text = |value: &Option<String>, want: &str| value.as_deref() == Some(want);
+    let labels: std::collections::HashMap<String, String> = entry
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let checks: [(&'static str, bool); 15] = [
-        ("id", id.ok() == row.get::<_, Vec<u8>>(4).ok()),
-        ("request_id", text(5, &entry.request_id)),
-        ("time_ns", int(6, nanos(entry.time.as_ref()))),
-        ("received_ns", int(7, nanos(entry.received_time.as_ref()))),
-        ("source", text(8, &entry.source)),
-        ("method", text(9, &entry.method)),
-        ("event", text(10, &entry.event)),
-        ("category", text(11, &entry.category)),
-        ("resource", text(12, &entry.resource)),
-        ("level", int(13, i64::from(entry.level))),
-        ("outcome", int(14, i64::from(entry.outcome))),
-        ("status_code", int(15, i64::from(entry.status_code))),
-        ("principal", text(16, principal)),
-        ("spiffe_id", text(17, spiffe_id)),
-        ("labels", text(18, &labels)),
+        ("id", id.ok() == row.id),
+        ("request_id", text(&row.request_id, &entry.request_id)),
+        ("time_ns", row.time_ns == Some(nanos(entry.time.as_ref()))),
+        (
+            "received_ns",
+            row.received_ns == Some(nanos(entry.received_time.as_ref())),
+        ),
+        ("source", text(&row.source, &entry.source)),
+        ("method", text(&row.method, &entry.method)),
+        ("event", text(&row.event, &entry.event)),
+        ("category", text(&row.category, &entry.category)),
+        ("resource", text(&row.resource, &entry.resource)),
+        ("level", row.level == Some(i64::from(entry.level))),
+        ("outcome", row.outcome == Some(i64::from(entry.outcome))),
+        (
+            "status_code",
+            row.status_code == Some(i64::from(entry.status_code)),
+        ),
+        ("principal", text(&row.principal, principal)),
+        ("spiffe_id", text(&row.spiffe_id, spiffe_id)),
+        ("labels", row.labels.as_ref() == Some(&labels)),
     ];
     checks.into_iter().find(|(_, ok)| !ok).map(|(name, _)| name)
 }
