@@ -1,5 +1,6 @@
 //! Persistence of the audit log behind one small trait, and its embedded SQLite implementation.
 
+pub mod aggregate;
 mod fault;
 mod filter_sql;
 pub mod ledger;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::validate::NewEntry;
 
+pub use aggregate::{Stats, StatsQuery};
 pub use ledger::{Checkpointing, StartupCheck, StoredCheckpoint};
 pub use sqlite::SqliteStore;
 
@@ -116,6 +118,10 @@ pub trait Store: Send + Sync + 'static {
         &self,
         ranges: Vec<std::ops::Range<u64>>,
     ) -> impl Future<Output = Result<Vec<Hash>, Error>> + Send;
+
+    /// Counts of the entries matching `query.filter` per time bucket and outcome, and its most
+    /// frequent principals and methods (the web console's charts).
+    fn stats(&self, query: StatsQuery) -> impl Future<Output = Result<Stats, Error>> + Send;
 
     /// The sequence of the newest committed entry (0 when empty), updated after each commit.
     fn head(&self) -> watch::Receiver<u64>;

@@ -403,6 +403,13 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn stats(&self, query: super::StatsQuery) -> Result<super::Stats, Error> {
+        self.inner
+            .readers
+            .run(move |conn| super::aggregate::stats(conn, &query))
+            .await
+    }
+
     fn head(&self) -> watch::Receiver<u64> {
         self.inner.head.clone()
     }

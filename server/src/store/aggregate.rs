@@ -1,0 +1,117 @@
+//! Counts of entries for the web console's charts, computed by SQL over the indexed columns
+//! (`time_ns`, `outcome`, `principal`, `method`), never by reading the entries themselves.
+
+use audit_proto::pb::Filter;
+use rusqlite::{Connection, params_from_iter, types::Value};
+
+use super::filter_sql::condition;
+use crate::error::Error;
+
+/// What to count: entries matching `filter` (already validated, with a time range) up to
+/// `through`, in buckets of `bucket_ns` from `start_ns`.
+#[derive(Debug, Clone)]
+pub struct StatsQuery {
+    /// Entries to count; its `start_time` and `end_time` bound the buckets.
+    pub filter: Filter,
+    /// Start of the first bucket, in nanoseconds since the Unix epoch.
+    pub start_ns: i64,
+    /// Width of a bucket, in nanoseconds (positive).
+    pub bucket_ns: i64,
+    /// Highest sequence to count: the committed head when the query was planned.
+    pub through: u64,
+    /// How many of the most frequent principals and methods to return.
+    pub top: usize,
+}
+
+/// The counts of one [`StatsQuery`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Non-empty (bucket, outcome) cells, by bucket then outcome.
+    pub buckets: Vec<BucketCount>,
+    /// The most frequent principals, most frequent first (empty principals included as "").
+    pub principals: Vec<ValueCount>,
+    /// The most frequent methods, most frequent first.
+    pub methods: Vec<ValueCount>,
+    /// Every matching entry.
+    pub total: u64,
+}
+
+/// Entries of one outcome in one time bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketCount {
+    /// Index of the bucket: it starts at `start_ns + index * bucket_ns`.
+    pub index: i64,
+    /// The `Outcome` number.
+    pub outcome: i32,
+    /// Entries counted.
+    pub count: u64,
+}
+
+/// How many entries carry one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueCount {
+    /// The value.
+    pub value: String,
+    /// Entries counted.
+    pub count: u64,
+}
+
+/// Counts what `query` asks for, in one read transaction so the numbers agree.
+pub fn stats(conn: &Connection, query: &StatsQuery) -> Result<Stats, Error> {
+    let filter = condition(&query.filter);
+    let bounded = |extra: &[Value]| {
+        let mut params = filter.params.clone();
+        params.push(Value::Integer(query.through as i64));
+        params.extend_from_slice(extra);
+        params
+    };
+    let scope = format!("FROM entries WHERE {} AND sequence <= ?", filter.sql);
+    let transaction = conn.unchecked_transaction()?;
+    let mut buckets = Vec::new();
+    {
+        let sql = format!(
+            "SELECT (time_ns - ?) / ? AS bucket, outcome, COUNT(*) {scope} \
+             GROUP BY bucket, outcome ORDER BY bucket, outcome"
+        );
+        let mut params = vec![
+            Value::Integer(query.start_ns),
+            Value::Integer(query.bucket_ns.max(1)),
+        ];
+        params.extend(bounded(&[]));
+        let mut statement = transaction.prepare_cached(&sql)?;
+        let mut rows = statement.query(params_from_iter(params))?;
+        while let Some(row) = rows.next()? {
+            buckets.push(BucketCount {
+                index: row.get(0)?,
+                outcome: row.get(1)?,
+                count: row.get::<_, i64>(2)? as u64,
+            });
+        }
+    }
+    let top = |column: &str| -> Result<Vec<ValueCount>, Error> {
+        let sql = format!(
+            "SELECT {column}, COUNT(*) AS n {scope} GROUP BY {column} \
+             ORDER BY n DESC, {column} LIMIT ?"
+        );
+        let mut statement = transaction.prepare_cached(&sql)?;
+        let rows = statement.query_map(
+            params_from_iter(bounded(&[Value::Integer(query.top as i64)])),
+            |row| {
+                Ok(ValueCount {
+                    value: row.get(0)?,
+                    count: row.get::<_, i64>(1)? as u64,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    };
+    let principals = top("principal")?;
+    let methods = top("method")?;
+    let total = buckets.iter().map(|b| b.count).sum();
+    Ok(Stats {
+        buckets,
+        principals,
+        methods,
+        total,
+    })
+}
