@@ -68,7 +68,14 @@ export function parseNote(note) {
 
 /** Checks the note's Ed25519 signature by `keyText`; `null` when Web Crypto lacks Ed25519. */
 export async function verifySignature(note, keyText) {
-  const [name, idHex, keyBase64] = keyText.trim().split('+');
+  // `<name>+<hex id>+<base64 key>`: the base64 may itself contain `+`.
+  const textKey = keyText.trim();
+  const first = textKey.indexOf('+');
+  const second = textKey.indexOf('+', first + 1);
+  if (first < 0 || second < 0) throw new Error('the key is not <name>+<id>+<key>');
+  const name = textKey.slice(0, first);
+  const idHex = textKey.slice(first + 1, second);
+  const keyBase64 = textKey.slice(second + 1);
   const raw = base64ToBytes(keyBase64);
   if (raw.length !== 33 || raw[0] !== 1) throw new Error('the key is not an Ed25519 note key');
   const key = raw.slice(1);
@@ -161,7 +168,7 @@ export async function verifyEntry(sequence) {
     if (signature === null) {
       steps.append(el('li', {}, '– signature not checked: no Ed25519 in this browser\'s Web Crypto'));
     } else {
-      ok = step(signature, `the checkpoint of ${note.size} entries is signed by ${proof.publicKey.split('+')[0]}`) && ok;
+      ok = step(signature, `the checkpoint of ${note.size} entries is signed by ${proof.publicKey.slice(0, proof.publicKey.indexOf('+'))}`) && ok;
     }
     ok = step(note.size === BigInt(proof.treeSize), 'the proof is for the checkpoint\'s tree size') && ok;
     const entryHash = hexToBytes(proof.entryHash);

@@ -59,6 +59,8 @@ export async function showSearch(state, navigate) {
   const summary = document.getElementById('search-summary');
   summary.textContent = 'Searching…';
   const download = new URLSearchParams(params);
+  // Downloads hold the results from the first page on (up to 1000 entries).
+  download.delete('page_token');
   download.set('page_size', '1000');
   for (const format of ['jsonl', 'csv']) {
     download.set('format', format);

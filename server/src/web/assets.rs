@@ -41,6 +41,11 @@ pub async fn index() -> Response {
     with_type("text/html; charset=utf-8", INDEX)
 }
 
+/// `GET /favicon.ico`: no icon, and no error for it in the browser's console.
+pub async fn no_icon() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
 /// `GET /assets/{name}`: a stylesheet or script module.
 pub async fn asset(Path(name): Path<String>) -> Response {
     match ASSETS.iter().find(|(asset, ..)| *asset == name) {

@@ -139,6 +139,7 @@ pub fn routes<S: Store + Clone>(console: Arc<Console<S>>) -> Router {
     Router::new()
         .route("/", get(assets::index))
         .route("/assets/{name}", get(assets::asset))
+        .route("/favicon.ico", get(assets::no_icon))
         .route("/api/entries", get(api::entries::<S>))
         .route("/api/entries/{sequence}", get(api::entry::<S>))
         .route("/api/tail", get(tail::tail::<S>))

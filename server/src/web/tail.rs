@@ -68,7 +68,7 @@ fn start<S: Store + Clone>(
         .map_err(ApiError::from)?;
     let opening = futures::stream::once(async move {
         Ok::<_, Infallible>(Bytes::from(format!(
-            "retry: {RETRY_MS}\nid: {after}\nevent: heartbeat\ndata: {{\"sequence\":\"{after}\"}}\n\n"
+            "retry: {RETRY_MS}\n\n"
         )))
     });
     let events = messages
