@@ -67,9 +67,7 @@ fn start<S: Store + Clone>(
         .subscribe(filter, after)
         .map_err(ApiError::from)?;
     let opening = futures::stream::once(async move {
-        Ok::<_, Infallible>(Bytes::from(format!(
-            "retry: {RETRY_MS}\n\n"
-        )))
+        Ok::<_, Infallible>(Bytes::from(format!("retry: {RETRY_MS}\n\n")))
     });
     let events = messages
         .take_while(|message| futures::future::ready(message.is_ok()))
