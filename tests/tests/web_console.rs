@@ -164,10 +164,10 @@ async fn entries_are_filtered_paged_and_downloaded() {
     let client = console.client().await;
     record(
         &client,
-        (0..5).map(|i| {
+        (0..5u32).map(|i| {
             entry("billing", "/billing.v1.Billing/Charge")
                 .principal("alice")
-                .label("env", if i % 2 == 0 { "prod" } else { "dev" })
+                .label("env", if i.is_multiple_of(2) { "prod" } else { "dev" })
                 .build()
         }),
     )
@@ -392,7 +392,8 @@ async fn entry_events(
 async fn the_live_tail_resumes_from_last_event_id_without_a_gap() {
     let console = Console::start(&[]).await;
     let client = console.client().await;
-    let tail_entry = |i: usize| entry(if i % 2 == 0 { "a" } else { "b" }, "/t.v1.T/M").build();
+    let tail_entry =
+        |i: usize| entry(if i.is_multiple_of(2) { "a" } else { "b" }, "/t.v1.T/M").build();
     record(&client, (0..4).map(tail_entry)).await;
 
     // Resume after entry 1: entries 2 to 4 from the store, then 5 and 6 live, in order.
