@@ -3,145 +3,21 @@
 //! from `Last-Event-ID`, its security headers, hostile entry content in its output, and callers
 //! refused (and recorded) or let in by a bearer token.
 
-use std::net::SocketAddr;
+#[path = "web_console/harness.rs"]
+mod harness;
+#[path = "web_console/https.rs"]
+mod https;
+
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use audit_client::{Client, pb};
-use audit_tests::{PATIENCE, binary, entry};
+use audit_tests::{PATIENCE, entry};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
-/// A server with the web console on.
-struct Console {
-    _child: Child,
-    grpc: String,
-    web: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Console {
-    async fn start(args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, args).await
-    }
-
-    async fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
-        let mut child = Command::new(binary("audit-server"))
-            .args(["--listen", "127.0.0.1:0", "--web-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--checkpoint-interval", "1s"])
-            .args(args)
-            .env("AUDIT_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start audit-server");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut grpc, mut web) = (None, None);
-        loop {
-            let line = tokio::time::timeout(PATIENCE, lines.next_line())
-                .await
-                .expect("ready in time")
-                .unwrap()
-                .expect("audit-server exited before it was ready");
-            if line == "audit-server ready" {
-                break;
-            }
-            let what = line.strip_prefix("audit-server listening on ").unwrap();
-            match what.strip_prefix("web http://") {
-                Some(address) => web = Some(address.parse().unwrap()),
-                None => grpc = Some(format!("http://{what}")),
-            }
-        }
-        Self {
-            _child: child,
-            grpc: grpc.expect("a gRPC listener"),
-            web: web.expect("the web listener is printed"),
-            _dir: dir,
-        }
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(self.grpc.clone()).await.unwrap()
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        self.get_with(path, &[]).await
-    }
-
-    /// `GET path` over HTTP/1.0 (so the body ends with the connection) with extra headers.
-    async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
-        let mut stream = self.send("GET", path, headers).await;
-        let mut raw = Vec::new();
-        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw))
-            .await
-            .expect("answered in time")
-            .unwrap();
-        Answer::parse(&raw)
-    }
-
-    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> TcpStream {
-        let mut stream = TcpStream::connect(self.web).await.unwrap();
-        let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", self.web);
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        stream
-    }
-
-    async fn json(&self, path: &str) -> Value {
-        let answer = self.get(path).await;
-        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
-        serde_json::from_str(&answer.body).unwrap()
-    }
-}
-
-/// An HTTP answer.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn parse(raw: &[u8]) -> Self {
-        let text = String::from_utf8(raw.to_vec()).expect("UTF-8 answer");
-        let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-            .collect();
-        Self {
-            status,
-            headers,
-            body: body.to_string(),
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
+use harness::{Answer, Console};
 
 fn sequences(page: &Value) -> Vec<u64> {
     page["entries"]
