@@ -73,7 +73,9 @@ async function main() {
   const open = await startServer('open', []);
   const billing = (i) => ({
     source: 'billing-api', method: '/billing.v1.Billing/Charge', outcome: 'OUTCOME_SUCCESS',
-    resource: `invoices/${i}`, caller: { principal: 'alice' }, labels: { env: 'prod' },
+    resource: `invoices/${i}`, caller: { principal: 'alice', role: 'admin' }, labels: { env: 'prod', 'é': 'ü', a: 'z' },
+    latency: i === 2 ? '0.250s' : undefined, level: i === 1 ? 'LEVEL_WARNING' : undefined,
+    details: i === 3 ? { n: 1.5, t: true, z: null, list: [], deep: { a: [{ b: -2 }] } } : undefined,
   });
   record(open.grpc, Array.from({ length: 5 }, (_, i) => billing(i)));
   record(open.grpc, [{
@@ -197,6 +199,14 @@ async function main() {
     check(verdict === 'verified', `the inclusion proof of entry ${sequence} verifies in the browser`);
     const signature = await page.locator('#checkpoint-signature').textContent();
     check(signature.startsWith('valid Ed25519 signature'), `the checkpoint signature is checked with Web Crypto (${signature})`);
+
+    // The whole log, recomputed in the browser: every entry's hash from its content (the
+    // hostile one, details, labels and a latency included), the chain, the signed root.
+    await page.click('#verify-log');
+    await page.waitForSelector('#verify-result[data-verdict]', { timeout: 20000 });
+    const logVerdict = await page.locator('#verify-result').textContent();
+    check(await page.locator('#verify-result').getAttribute('data-verdict') === 'verified',
+      `the untouched log verifies in the browser (${logVerdict})`);
     await shot(page, 'integrity');
 
     // A server that lies (a proof hash flipped in transit) is caught by the page.
@@ -210,6 +220,22 @@ async function main() {
     await page.waitForSelector('#proof-result[data-verdict]');
     check(await page.locator('#proof-result').getAttribute('data-verdict') === 'failed', 'a tampered proof is flagged as failed');
     await page.unroute('**/api/proof/*');
+
+    // A server that serves an altered entry is caught by the whole-log check.
+    await page.route('**/api/entries?*', async (route) => {
+      const answer = await route.fetch();
+      const body = await answer.json();
+      const victim = body.entries?.find((e) => e.sequence === '3');
+      if (victim) victim.resource = 'invoices/altered';
+      await route.fulfill({ response: answer, json: body });
+    });
+    await page.goto(`${open.web}/?view=integrity`);
+    await page.click('#verify-log');
+    await page.waitForSelector('#verify-result[data-verdict]', { timeout: 20000 });
+    const tampered = await page.locator('#verify-result').textContent();
+    check(await page.locator('#verify-result').getAttribute('data-verdict') === 'failed'
+      && tampered.includes('#3'), `an altered entry is flagged with its sequence (${tampered})`);
+    await page.unroute('**/api/entries?*');
 
     // Charts: counts from the server, drawn as SVG.
     await page.goto(`${open.web}/?view=charts&range=1h`);

@@ -29,6 +29,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("tail.js", JS, include_str!("../../web/tail.js")),
     ("details.js", JS, include_str!("../../web/details.js")),
     ("integrity.js", JS, include_str!("../../web/integrity.js")),
+    ("ledger.js", JS, include_str!("../../web/ledger.js")),
     ("charts.js", JS, include_str!("../../web/charts.js")),
 ];
 

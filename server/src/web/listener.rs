@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use audit_identity::TlsPeerInfo;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
@@ -103,9 +103,21 @@ pub async fn serve(
         let tls = tls.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = limits.handshake_timeout;
+        let keepalive = (limits.keepalive_interval, limits.keepalive_timeout);
         tokio::spawn(async move {
             let _permit = permit;
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // A client must send each request's headers within the handshake timeout, so
+            // that silent connections cannot hold the connection slots.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(keepalive.0))
+                .keep_alive_timeout(keepalive.1);
             match tls {
                 None => {
                     let service = with_facts(router, tcp, None);

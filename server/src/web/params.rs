@@ -77,7 +77,7 @@ impl Params {
                 "min_level" => match parse_level(value) {
                     Some(level) => filter.min_level = level,
                     None => bad(format!(
-                        "`{value}` is not a level (DEBUG, INFO, NOTICE, WARNING, ERROR, CRITICAL)"
+                        "`{value}` is not a level (DEBUG, INFO, WARNING, ERROR, CRITICAL)"
                     )),
                 },
                 "start_time" | "end_time" => match value.parse::<prost_types::Timestamp>() {
