@@ -11,7 +11,8 @@ const MAX_ROWS = 500;
 let source = null;
 let paused = false;
 let held = [];
-let seen = new Set();
+// Entries come in sequence order; after a reconnect the server resumes past the last one.
+let last = 0n;
 
 /** Starts (or restarts, with a new filter) the tail of `state`. */
 export function startTail(state, navigate) {
@@ -20,7 +21,7 @@ export function startTail(state, navigate) {
   header(table);
   fill(table.tBodies[0]);
   held = [];
-  seen = new Set();
+  last = 0n;
   setPaused(false);
   const stateLabel = document.getElementById('tail-state');
   const params = filterParams(state);
@@ -35,8 +36,9 @@ export function startTail(state, navigate) {
   source.addEventListener('heartbeat', () => { stateLabel.textContent = 'live'; });
   source.addEventListener('entry', (event) => {
     const entry = JSON.parse(event.data);
-    if (seen.has(entry.sequence)) return;
-    seen.add(entry.sequence);
+    const sequence = BigInt(entry.sequence);
+    if (sequence <= last) return;
+    last = sequence;
     if (paused) {
       held.push(entry);
       showHeld();
