@@ -85,6 +85,13 @@ pub async fn entry<S: Store + Clone>(
 ) -> Response {
     let result = async {
         let sequence = parse_sequence(&sequence)?;
+        let head = *console.store.head().borrow();
+        if sequence > head {
+            return Err(ApiError::status(
+                StatusCode::NOT_FOUND,
+                format!("no entry {sequence} is stored (the log has {head})"),
+            ));
+        }
         let read = Read {
             filter: pb::Filter::default(),
             direction: Direction::Ascending {

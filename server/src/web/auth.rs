@@ -90,24 +90,26 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The token a request carries, if any: `Bearer TOKEN`, or the password of `Basic`.
-fn presented_token(request: &Request) -> Result<Option<String>, String> {
-    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
+/// The token a request carries, if any: `Bearer TOKEN`, or the password of `Basic`; `Err` for
+/// an `Authorization` header of another form.
+fn presented_token(request: &Request) -> Option<Result<String, String>> {
+    let value = request.headers().get(header::AUTHORIZATION)?;
     let bad = || "the Authorization header is not `Bearer TOKEN` or Basic".to_string();
-    let value = value.to_str().map_err(|_| bad())?;
-    let (scheme, rest) = value.split_once(' ').ok_or_else(bad)?;
-    match scheme.to_ascii_lowercase().as_str() {
-        "bearer" => Ok(Some(rest.trim().to_string())),
-        "basic" => {
-            let decoded = BASE64.decode(rest.trim()).map_err(|_| bad())?;
-            let text = String::from_utf8(decoded).map_err(|_| bad())?;
-            let (_, password) = text.split_once(':').ok_or_else(bad)?;
-            Ok(Some(password.to_string()))
+    let token = (|| {
+        let value = value.to_str().map_err(|_| bad())?;
+        let (scheme, rest) = value.split_once(' ').ok_or_else(bad)?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "bearer" => Ok(rest.trim().to_string()),
+            "basic" => {
+                let decoded = BASE64.decode(rest.trim()).map_err(|_| bad())?;
+                let text = String::from_utf8(decoded).map_err(|_| bad())?;
+                let (_, password) = text.split_once(':').ok_or_else(bad)?;
+                Ok(password.to_string())
+            }
+            _ => Err(bad()),
         }
-        _ => Err(bad()),
-    }
+    })();
+    Some(token)
 }
 
 /// The guard in front of every route: the caller needs `read`; a refusal is recorded (within
@@ -121,7 +123,7 @@ pub async fn guard<S: Store + Clone>(
     // carry what the caller searched for.
     let method = format!("{} {}", request.method(), request.uri().path());
     let verdict = match presented_token(&request) {
-        Ok(None) => {
+        None => {
             let probe =
                 tonic::Request::from_parts(MetadataMap::new(), request.extensions().clone(), ());
             console
@@ -129,20 +131,20 @@ pub async fn guard<S: Store + Clone>(
                 .check(&probe, &method, Permission::Read)
                 .map(drop)
         }
-        presented => {
+        Some(presented) => {
             let peer = Peer::from_extensions(request.extensions())
                 .unwrap_or_else(|_| Peer::without_certificate(request.extensions()));
+            // Over plain HTTP from elsewhere, anyone on the path could have read the token.
             let readable = !matches!(peer, Peer::Tls { .. }) && !peer.is_plaintext_loopback();
             let token = match &presented {
                 Err(why) => Err(why.clone()),
                 Ok(_) if readable => Err("a bearer token is accepted only over HTTPS, or over \
                                           plain HTTP from loopback"
                     .to_string()),
-                Ok(Some(token)) => console
+                Ok(token) => console
                     .tokens
                     .name(token)
                     .ok_or_else(|| "the bearer token is not one of the console's tokens".into()),
-                Ok(None) => unreachable!("handled above"),
             };
             console
                 .access
