@@ -115,3 +115,93 @@ pub fn stats(conn: &Connection, query: &StatsQuery) -> Result<Stats, Error> {
         total,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use audit_ledger::sqlite::{SCHEMA_1, SCHEMA_2};
+    use audit_proto::pb::Outcome;
+
+    const MINUTE: i64 = 60_000_000_000;
+
+    /// A database with the server's schema and rows `(time_ns, outcome, principal, method)`.
+    fn database(rows: &[(i64, Outcome, &str, &str)]) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA_1).unwrap();
+        conn.execute_batch(SCHEMA_2).unwrap();
+        for (i, (time, outcome, principal, method)) in rows.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO entries (sequence, id, digest, request_id, time_ns, received_ns, \
+                 source, method, event, category, resource, level, outcome, status_code, \
+                 principal, spiffe_id, labels, entry) \
+                 VALUES (?1, ?2, x'', '', ?3, ?3, 's', ?4, '', '', '', 2, ?5, 0, ?6, '', '{}', x'')",
+                rusqlite::params![
+                    i as i64 + 1,
+                    (i as u32).to_be_bytes().to_vec(),
+                    time,
+                    method,
+                    *outcome as i32,
+                    principal
+                ],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    fn query(filter: Filter, through: u64) -> StatsQuery {
+        StatsQuery {
+            filter,
+            start_ns: 10 * MINUTE,
+            bucket_ns: MINUTE,
+            through,
+            top: 2,
+        }
+    }
+
+    #[test]
+    fn counts_per_bucket_and_outcome_and_the_most_frequent_values() {
+        use Outcome::{Denied, Error as Failed, Success};
+        let conn = database(&[
+            (10 * MINUTE, Success, "alice", "/a.A/X"),
+            (10 * MINUTE + 1, Denied, "bob", "/a.A/X"),
+            (10 * MINUTE + 2, Success, "alice", "/a.A/Y"),
+            (12 * MINUTE + 5, Failed, "carol", "/a.A/X"),
+            (12 * MINUTE + 6, Success, "alice", "/a.A/Z"),
+        ]);
+        let stats = stats(&conn, &query(Filter::default(), 5)).unwrap();
+        let cell = |index, outcome: Outcome, count| BucketCount {
+            index,
+            outcome: outcome as i32,
+            count,
+        };
+        assert_eq!(
+            stats.buckets,
+            [
+                cell(0, Success, 2),
+                cell(0, Denied, 1),
+                cell(2, Success, 1),
+                cell(2, Failed, 1)
+            ]
+        );
+        assert_eq!(stats.total, 5);
+        let value = |value: &str, count| ValueCount {
+            value: value.into(),
+            count,
+        };
+        assert_eq!(stats.principals, [value("alice", 3), value("bob", 1)]);
+        assert_eq!(stats.methods, [value("/a.A/X", 3), value("/a.A/Y", 1)]);
+
+        // The filter and the planned head bound what is counted.
+        let denied = Filter {
+            outcomes: vec![Denied as i32],
+            ..Default::default()
+        };
+        assert_eq!(stats_total(&conn, query(denied, 5)), 1);
+        assert_eq!(stats_total(&conn, query(Filter::default(), 3)), 3);
+    }
+
+    fn stats_total(conn: &Connection, query: StatsQuery) -> u64 {
+        stats(conn, &query).unwrap().total
+    }
+}
