@@ -34,6 +34,9 @@ export function startTail(state, navigate) {
     stateLabel.textContent = source.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting…';
   });
   source.addEventListener('heartbeat', () => { stateLabel.textContent = 'live'; });
+  source.addEventListener('failure', (event) => {
+    stateLabel.textContent = `interrupted: ${JSON.parse(event.data).error}; reconnecting…`;
+  });
   source.addEventListener('entry', (event) => {
     const entry = JSON.parse(event.data);
     const sequence = BigInt(entry.sequence);

@@ -526,3 +526,35 @@ async fn callers_need_read_and_refusals_are_recorded() {
     );
     assert_eq!(refusals["entries"][3]["statusCode"], 7, "PERMISSION_DENIED");
 }
+
+#[tokio::test]
+async fn live_tails_count_against_the_subscriber_limit() {
+    let console = Console::start(&["--max-subscribers", "1"]).await;
+    let mut first = console.send("GET", "/api/tail", &[]).await;
+    let mut opening = [0u8; 64];
+    let read = tokio::time::timeout(PATIENCE, first.read(&mut opening))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&opening[..read]).starts_with("HTTP/1.0 200"));
+    let second = console.get("/api/tail").await;
+    assert_eq!(second.status, 429, "{}", second.body);
+    assert!(second.body.contains("too many subscribers"));
+    drop(first);
+    // The first tail's slot is given back once its connection is gone.
+    let mut freed = false;
+    for _ in 0..50 {
+        let mut again = console.send("GET", "/api/tail", &[]).await;
+        let mut head = [0u8; 16];
+        let read = tokio::time::timeout(PATIENCE, again.read(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        if head[..read].starts_with(b"HTTP/1.0 200") {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the slot of a closed tail is freed");
+}

@@ -92,7 +92,8 @@ pub async fn serve(
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!("web console: connection refused: --max-connections reached");
+            // Dropping it closes it at once; debug, so that a flood cannot flood the log.
+            tracing::debug!("web console: connection refused: --max-connections reached");
             continue;
         };
         let tcp = TcpConnectInfo {

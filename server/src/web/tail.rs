@@ -69,22 +69,36 @@ fn start<S: Store + Clone>(
     let opening = futures::stream::once(async move {
         Ok::<_, Infallible>(Bytes::from(format!("retry: {RETRY_MS}\n\n")))
     });
+    // A failed read ends the stream after one `failure` event saying why; the browser then
+    // reconnects from its last event id.
+    let mut failed = false;
     let events = messages
-        .take_while(|message| futures::future::ready(message.is_ok()))
+        .take_while(move |message| {
+            let go_on = !failed;
+            failed |= message.is_err();
+            futures::future::ready(go_on)
+        })
         .filter_map(|message| {
-            futures::future::ready(match message.ok().and_then(|m| m.message) {
-                Some(Message::Entry(entry)) => Some(Ok(Bytes::from(format!(
-                    "id: {}\nevent: entry\ndata: {}\n\n",
-                    entry.sequence,
-                    entry_json(&entry)
-                )))),
-                Some(Message::Heartbeat(beat)) => Some(Ok(Bytes::from(format!(
-                    "id: {0}\nevent: heartbeat\ndata: {{\"sequence\":\"{0}\"}}\n\n",
-                    beat.sequence
-                )))),
-                None => None,
+            futures::future::ready(match message {
+                Ok(message) => match message.message {
+                    Some(Message::Entry(entry)) => Some(format!(
+                        "id: {}\nevent: entry\ndata: {}\n\n",
+                        entry.sequence,
+                        entry_json(&entry)
+                    )),
+                    Some(Message::Heartbeat(beat)) => Some(format!(
+                        "id: {0}\nevent: heartbeat\ndata: {{\"sequence\":\"{0}\"}}\n\n",
+                        beat.sequence
+                    )),
+                    None => None,
+                },
+                Err(status) => Some(format!(
+                    "event: failure\ndata: {}\n\n",
+                    serde_json::json!({"error": status.message()})
+                )),
             })
-        });
+        })
+        .map(|event| Ok::<_, Infallible>(Bytes::from(event)));
     let mut response = Response::new(Body::from_stream(opening.chain(events)));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
