@@ -32,7 +32,10 @@ export function filterParams(state) {
   for (const label of listOf(state.get('label'))) params.append('label', label);
   const range = state.get('range');
   if (range && !state.get('start_time')) {
-    params.set('start_time', new Date(Date.now() - rangeMillis(range)).toISOString());
+    // Later pages keep the start the first page had (`range_from`): page tokens are bound to
+    // their filter.
+    const from = state.get('range_from') || new Date(Date.now() - rangeMillis(range)).toISOString();
+    params.set('start_time', from);
   }
   return params;
 }

@@ -85,6 +85,7 @@ export async function showSearch(state, navigate) {
   next.onclick = () => {
     const to = new URLSearchParams(state);
     to.set('page_token', page.nextPageToken);
+    if (state.get('range') && !state.get('start_time')) to.set('range_from', params.get('start_time'));
     navigate(to);
   };
   const first = document.getElementById('first-page');
@@ -92,6 +93,7 @@ export async function showSearch(state, navigate) {
   first.onclick = () => {
     const to = new URLSearchParams(state);
     to.delete('page_token');
+    to.delete('range_from');
     navigate(to);
   };
 }

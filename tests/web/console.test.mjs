@@ -141,6 +141,12 @@ async function main() {
     await page.click('#next-page');
     await page.waitForFunction(() => document.querySelectorAll('#results tbody tr').length === 10);
     check(new URL(page.url()).searchParams.has('page_token'), 'the next page follows the page token, in the URL');
+    // With a quick time range, later pages keep the first page's window.
+    await page.goto(`${open.web}/?view=search&source=bulk&range=1h`);
+    await page.waitForFunction(() => document.querySelectorAll('#results tbody tr').length === 50);
+    await page.click('#next-page');
+    await page.waitForFunction(() => document.querySelectorAll('#results tbody tr').length === 10);
+    check(true, 'pages follow with a quick time range ("last hour")');
     const csvHref = await page.locator('#download-csv').getAttribute('href');
     const download = await page.request.get(new URL(csvHref, page.url()).href);
     const csv = await download.text();
