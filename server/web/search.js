@@ -59,7 +59,7 @@ export async function showSearch(state, navigate) {
   const summary = document.getElementById('search-summary');
   summary.textContent = 'Searching…';
   const download = new URLSearchParams(params);
-  // Downloads hold the results from the first page on (up to 1000 entries).
+  // Downloads hold every result from the first page on, read 1000 at a time.
   download.delete('page_token');
   download.set('page_size', '1000');
   for (const format of ['jsonl', 'csv']) {

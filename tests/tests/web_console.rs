@@ -126,6 +126,19 @@ async fn entries_are_filtered_paged_and_downloaded() {
             .starts_with("attachment")
     );
     assert_eq!(lines.body.lines().count(), 2);
+    // A download holds every matching entry, read page by page.
+    let all = console
+        .get("/api/entries?source=billing&format=jsonl&page_size=2")
+        .await;
+    let downloaded: Vec<u64> = all
+        .body
+        .lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            entry["sequence"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(downloaded, [1, 2, 3, 4, 5]);
     let csv = console.get("/api/entries?source=kms&format=csv").await;
     let rows: Vec<&str> = csv.body.lines().collect();
     assert!(rows[0].starts_with("time,sequence,outcome,status,caller,method"));

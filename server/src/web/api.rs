@@ -9,8 +9,8 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
-use super::Console;
 use super::params::{Params, as_parameters};
+use super::{Console, download};
 use crate::error::{Error, Violation};
 use crate::evidence;
 use crate::service;
@@ -23,8 +23,8 @@ const MAX_BUCKETS: i64 = 1440;
 const MAX_TOP: u64 = 50;
 
 /// `GET /api/entries`: one page of the entries matching the filter, as
-/// `{"entries": [...], "nextPageToken": "..."}`; with `format=jsonl` or `format=csv` the same
-/// page as a download (its next page token in the `X-Next-Page-Token` header).
+/// `{"entries": [...], "nextPageToken": "..."}`; with `format=jsonl` or `format=csv` every
+/// matching entry from that page on, as a download.
 pub async fn entries<S: Store + Clone>(
     State(console): State<Arc<Console<S>>>,
     RawQuery(query): RawQuery,
@@ -45,26 +45,14 @@ pub async fn entries<S: Store + Clone>(
         if !matches!(format, "json" | "jsonl" | "csv") {
             return Err(ApiError::invalid("format", "must be json, jsonl or csv"));
         }
-        let page = service::query(&console.store, &console.limits, request)
+        let page = service::query(&console.store, &console.limits, request.clone())
             .await
             .map_err(ApiError::parameters)?;
         Ok(match format {
-            "jsonl" => download(
-                "application/x-ndjson",
-                "audit-entries.jsonl",
-                &page.next_page_token,
-                page.entries
-                    .iter()
-                    .map(entry_json)
-                    .map(|line| line + "\n")
-                    .collect(),
-            ),
-            "csv" => download(
-                "text/csv; charset=utf-8",
-                "audit-entries.csv",
-                &page.next_page_token,
-                csv(&page.entries),
-            ),
+            "jsonl" => {
+                download::stream(console.clone(), request, page, download::Format::JsonLines)
+            }
+            "csv" => download::stream(console.clone(), request, page, download::Format::Csv),
             _ => {
                 let entries: Vec<String> = page.entries.iter().map(entry_json).collect();
                 json_response(format!(
@@ -307,85 +295,6 @@ fn checkpoint_json(checkpoint: &pb::Checkpoint) -> serde_json::Value {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The columns of `audit tail`, then the fields a spreadsheet needs to find the entry again.
-const CSV_HEADER: &str =
-    "time,sequence,outcome,status,caller,method,resource,source,event,principal,request_id,id\r\n";
-
-/// Entries as CSV: every value quoted, unsafe characters escaped as `audit tail` escapes them,
-/// and a value a spreadsheet would run as a formula prefixed with `'`.
-fn csv(entries: &[AuditEntry]) -> String {
-    let mut out = String::from(CSV_HEADER);
-    for entry in entries {
-        let outcome = audit_format::field::outcome_name(entry.outcome).unwrap_or("");
-        let status = audit_format::field::status_name(entry.status_code).unwrap_or("");
-        let principal = entry.caller.as_ref().map_or("", |c| c.principal.as_str());
-        let values = [
-            entry
-                .time
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            entry.sequence.to_string(),
-            outcome.to_string(),
-            status.to_string(),
-            caller_text(entry),
-            entry.method.clone(),
-            entry.resource.clone(),
-            entry.source.clone(),
-            entry.event.clone(),
-            principal.to_string(),
-            entry.request_id.clone(),
-            entry.id.clone(),
-        ];
-        let cells: Vec<String> = values.iter().map(|v| csv_cell(v)).collect();
-        out.push_str(&cells.join(","));
-        out.push_str("\r\n");
-    }
-    out
-}
-
-fn csv_cell(value: &str) -> String {
-    let escaped = audit_format::escape::escape(value);
-    let formula = escaped.starts_with(['=', '+', '-', '@']);
-    format!(
-        "\"{}{}\"",
-        if formula { "'" } else { "" },
-        escaped.replace('"', "\"\"")
-    )
-}
-
-/// Who made the audited call, as `audit tail` shows it: the principal, else the SPIFFE ID, the
-/// address or the uid.
-fn caller_text(entry: &AuditEntry) -> String {
-    let Some(caller) = &entry.caller else {
-        return String::new();
-    };
-    if !caller.principal.is_empty() {
-        return caller.principal.clone();
-    }
-    match &caller.peer {
-        Some(pb::caller::Peer::Network(network)) if !network.spiffe_id.is_empty() => {
-            network.spiffe_id.clone()
-        }
-        Some(pb::caller::Peer::Network(network)) => network.address.clone(),
-        Some(pb::caller::Peer::Unix(unix)) => format!("uid:{}", unix.uid),
-        None => String::new(),
-    }
-}
-
-fn download(content_type: &'static str, name: &str, next: &str, body: String) -> Response {
-    let mut response = (StatusCode::OK, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(next) {
-        headers.insert("x-next-page-token", value);
-    }
-    response
 }
 
 fn json_response(body: String) -> Response {

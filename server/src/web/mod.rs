@@ -16,6 +16,7 @@
 mod api;
 mod assets;
 pub mod auth;
+mod download;
 mod listener;
 mod params;
 mod tail;
