@@ -136,6 +136,38 @@ impl Access {
                 Decision::Denied(why) => (peer, Status::permission_denied(why)),
             },
         };
+        Err(self.refuse(peer, method, permission, refusal))
+    }
+
+    /// [`Access::check`] for a web console caller on `peer` that sent a bearer token: `token` is
+    /// the token's name in the token file, or why the token proves nothing (unknown, or sent
+    /// where it could be read). Refusals are recorded as those of `check` are.
+    pub fn check_token(
+        &self,
+        peer: Peer,
+        token: Result<&str, String>,
+        method: &str,
+        permission: Permission,
+    ) -> Result<(), Box<Refusal>> {
+        let refusal = match token {
+            Err(why) => Status::unauthenticated(why),
+            Ok(name) => match policy::decide_token(self.policy.as_ref(), name, permission) {
+                Decision::Allow => return Ok(()),
+                Decision::Unauthenticated(why) => Status::unauthenticated(why),
+                Decision::Denied(why) => Status::permission_denied(why),
+            },
+        };
+        Err(self.refuse(peer, method, permission, refusal))
+    }
+
+    /// The refusal of `peer`'s call, with its entry if the budget allows.
+    fn refuse(
+        &self,
+        peer: Peer,
+        method: &str,
+        permission: Permission,
+        refusal: Status,
+    ) -> Box<Refusal> {
         // Recorded refusals are in the audit log and the rest are counted: a line each would
         // let a flood of refused calls fill the server's log instead.
         tracing::debug!(
@@ -148,11 +180,11 @@ impl Access {
         let entry = self
             .within_budget(&peer)
             .then(|| denied_entry(&peer, method, permission, &refusal));
-        Err(Box::new(Refusal {
+        Box::new(Refusal {
             peer,
             status: refusal,
             entry,
-        }))
+        })
     }
 
     /// Whether another refusal of `peer` may be recorded in this window.

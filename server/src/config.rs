@@ -77,6 +77,10 @@ pub struct Config {
     #[command(flatten)]
     pub checkpoints: CheckpointConfig,
 
+    /// The web console, off by default.
+    #[command(flatten)]
+    pub web: WebConfig,
+
     /// How connections are accepted, kept and closed.
     #[command(flatten)]
     pub connections: ConnectionLimits,
@@ -165,6 +169,35 @@ impl CheckpointConfig {
             startup_check: self.startup_check,
         }
     }
+}
+
+/// The web console's listener: off unless `--web-listen` is given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WebConfig {
+    /// Address to serve the web console on (HTTP, or HTTPS with `--web-tls-cert` and
+    /// `--web-tls-key`), e.g. `127.0.0.1:8080`. Callers need the `read` permission, as for Query.
+    #[arg(long, env = "AUDIT_WEB_LISTEN")]
+    pub web_listen: Option<SocketAddr>,
+
+    /// Server certificate chain (PEM) of the console; with `--web-tls-key`, it serves HTTPS.
+    #[arg(long, env = "AUDIT_WEB_TLS_CERT", requires_all = ["web_listen", "web_tls_key"])]
+    pub web_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the console's certificate.
+    #[arg(long, env = "AUDIT_WEB_TLS_KEY", requires_all = ["web_listen", "web_tls_cert"])]
+    pub web_tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that sign browser client certificates. A browser presenting one
+    /// is identified by its SPIFFE ID, as on the gRPC TLS listener; one without may still use a
+    /// bearer token.
+    #[arg(long, env = "AUDIT_WEB_TLS_CLIENT_CA", requires = "web_tls_cert")]
+    pub web_tls_client_ca: Option<PathBuf>,
+
+    /// File of bearer tokens for the console, one `NAME TOKEN` per line (`#` starts a
+    /// comment; tokens of at least 16 characters). A caller sending `Authorization: Bearer
+    /// TOKEN` (or HTTP Basic with TOKEN as password) is the identity `token:NAME` of the policy.
+    #[arg(long, env = "AUDIT_WEB_TOKEN_FILE", requires = "web_listen")]
+    pub web_token_file: Option<PathBuf>,
 }
 
 /// The plaintext TCP listener: an address, or none.

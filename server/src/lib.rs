@@ -20,6 +20,7 @@ pub mod serve;
 pub mod service;
 pub mod store;
 pub mod validate;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub struct AuditServer {
     connections: ConnectionLimits,
     store: Log,
     access: Arc<Access>,
+    web: Option<web::WebListener>,
 }
 
 impl AuditServer {
@@ -58,6 +60,7 @@ impl AuditServer {
             per_second: config.max_denied_per_second,
             per_identity_per_second: config.max_denied_per_identity_per_second,
         };
+        let web = web::WebListener::bind(&config.web)?;
         let access = Arc::new(Access::new(policy, denials));
         let limits = Arc::new(config.limits);
         let log = store::engine::Options {
@@ -91,7 +94,13 @@ impl AuditServer {
             connections: config.connections,
             store,
             access,
+            web,
         })
+    }
+
+    /// What the web console listens on (`web http://127.0.0.1:8080`), if it is on.
+    pub fn describe_web(&self) -> Option<String> {
+        self.web.as_ref().map(web::WebListener::describe)
     }
 
     /// Serves gRPC on every listener until `shutdown` completes; then stops accepting, ends
@@ -106,6 +115,7 @@ impl AuditServer {
             connections,
             store,
             access,
+            web,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         // Health is known before the first connection is served, not shortly after.
@@ -130,6 +140,12 @@ impl AuditServer {
             limits.max_response_bytes,
             streams_done.clone(),
         );
+        let stopping = CancellationToken::new();
+        let console = web.map(|web| {
+            let console =
+                web::Console::new(store.clone(), hub.clone(), limits.clone(), access.clone());
+            tokio::spawn(web.serve(console, connections.clone(), stopping.clone()))
+        });
         let audit = AuditServiceServer::new(AuditService::new(
             store.clone(),
             hub,
@@ -138,7 +154,6 @@ impl AuditServer {
         ))
         .max_decoding_message_size(limits.max_message_bytes);
 
-        let stopping = CancellationToken::new();
         tokio::spawn({
             let health = health.clone();
             let streams_done = streams_done.clone();
@@ -165,6 +180,9 @@ impl AuditServer {
             ));
         let (listeners, socket_file) = listeners.into_parts();
         serve::serve(listeners, service, connections, stopping).await;
+        if let Some(console) = console {
+            let _ = console.await;
+        }
         drop(socket_file);
         store.close().await;
         tracing::info!("server stopped");

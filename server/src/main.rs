@@ -44,7 +44,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     {
         // Scripts and tests read these lines to find the bound addresses.
         let mut stdout = std::io::stdout().lock();
-        for listener in listeners.describe() {
+        for listener in listeners
+            .describe()
+            .into_iter()
+            .chain(server.describe_web())
+        {
             writeln!(stdout, "audit-server listening on {listener}")?;
             tracing::info!(%listener, data_dir = %data_dir.display(), "listening");
         }

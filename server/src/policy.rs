@@ -15,6 +15,10 @@
 //! `gid:N` for Unix socket callers, `authenticated` for any caller with a verified identity (Unix
 //! socket or client certificate), `loopback` for plaintext callers on a loopback address, and
 //! `anyone`.
+//!
+//! `token:NAME` names a caller of the web console that sent the bearer token called `NAME` in
+//! the console's token file (`--web-token-file`); such a caller also counts as `authenticated`.
+//! Tokens only reach the web console, never the gRPC listeners.
 
 use std::path::Path;
 
@@ -82,6 +86,8 @@ enum Identity {
     Authenticated,
     Loopback,
     Anyone,
+    /// A web console caller with the bearer token of this name.
+    Token(String),
 }
 
 #[derive(Deserialize)]
@@ -137,6 +143,26 @@ impl Policy {
             })
             .collect::<Result<_, String>>()?;
         Ok(Policy { grants })
+    }
+
+    /// Decides whether the web caller with the token `name` has `permission` under this policy.
+    fn decide_token(&self, name: &str, permission: Permission) -> Decision {
+        let granted = self.grants.iter().any(|grant| {
+            (grant.allow.contains(&permission) || grant.allow.contains(&Permission::Admin))
+                && grant.to.iter().any(|identity| match identity {
+                    Identity::Token(granted) => granted == name,
+                    Identity::Authenticated | Identity::Anyone => true,
+                    _ => false,
+                })
+        });
+        if granted {
+            Decision::Allow
+        } else {
+            Decision::Denied(format!(
+                "token:{name} does not have the `{}` permission",
+                permission.name()
+            ))
+        }
     }
 
     /// Decides whether `peer` has `permission` under this policy.
@@ -195,6 +221,16 @@ pub fn decide(policy: Option<&Policy>, peer: &Peer, permission: Permission) -> D
     }
 }
 
+/// Decides whether a web console caller that sent the bearer token called `name` has
+/// `permission`: under `policy`, grants to `token:NAME`, `authenticated` or `anyone`; without
+/// one, every known token is allowed, as every valid client certificate is.
+pub fn decide_token(policy: Option<&Policy>, name: &str, permission: Permission) -> Decision {
+    match policy {
+        Some(policy) => policy.decide_token(name, permission),
+        None => Decision::Allow,
+    }
+}
+
 fn parse_identity(text: &str) -> Result<Identity, String> {
     let number = |n: &str| {
         n.parse::<u32>()
@@ -206,6 +242,10 @@ fn parse_identity(text: &str) -> Result<Identity, String> {
         "anyone" => Ok(Identity::Anyone),
         _ if text.starts_with("uid:") => Ok(Identity::Uid(number(&text[4..])?)),
         _ if text.starts_with("gid:") => Ok(Identity::Gid(number(&text[4..])?)),
+        _ if text.starts_with("token:") => match &text[6..] {
+            name if is_token_name(name) => Ok(Identity::Token(name.to_string())),
+            _ => Err("a token name is letters, digits, `-`, `_` and `.`".into()),
+        },
         _ if text.starts_with("spiffe://") => match text.strip_suffix("/*") {
             Some(base) => {
                 SpiffeId::parse(base).map_err(|e| e.to_string())?;
@@ -217,10 +257,20 @@ fn parse_identity(text: &str) -> Result<Identity, String> {
             }
         },
         _ => Err(
-            "expected spiffe://…, spiffe://…/*, uid:N, gid:N, authenticated, loopback or anyone"
+            "expected spiffe://…, spiffe://…/*, uid:N, gid:N, token:NAME, authenticated, \
+             loopback or anyone"
                 .into(),
         ),
     }
+}
+
+/// Whether `name` may name a token: non-empty, at most 64 of `[A-Za-z0-9._-]`.
+pub fn is_token_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 impl Identity {
@@ -235,6 +285,8 @@ impl Identity {
             Identity::Authenticated => peer.is_authenticated(),
             Identity::Loopback => peer.is_plaintext_loopback(),
             Identity::Anyone => true,
+            // Tokens are decided by `decide_token`; a connection alone never carries one.
+            Identity::Token(_) => false,
         }
     }
 }
@@ -348,6 +400,40 @@ allow = ["admin"]
         ] {
             assert!(allowed(&spiffe("spiffe://prod/operator"), permission));
         }
+    }
+
+    #[test]
+    fn tokens_are_granted_by_name_and_never_by_connection() {
+        let policy = Policy::parse(
+            "[[grant]]\nto = [\"token:siem-desk\"]\nallow = [\"read\"]\n",
+            false,
+        )
+        .unwrap();
+        let token = |name, p| decide_token(Some(&policy), name, p);
+        assert_eq!(token("siem-desk", Permission::Read), Decision::Allow);
+        assert!(matches!(
+            token("siem-desk", Permission::Record),
+            Decision::Denied(_)
+        ));
+        assert!(matches!(
+            token("other", Permission::Read),
+            Decision::Denied(_)
+        ));
+        assert_eq!(decide_token(None, "any", Permission::Read), Decision::Allow);
+        assert!(matches!(
+            decide(Some(&policy), &tcp("127.0.0.1:1"), Permission::Read),
+            Decision::Unauthenticated(_)
+        ));
+        assert!(
+            Policy::parse("[[grant]]\nto = [\"token:\"]\nallow = [\"read\"]\n", false).is_err()
+        );
+        assert!(
+            Policy::parse(
+                "[[grant]]\nto = [\"token:a b\"]\nallow = [\"read\"]\n",
+                false
+            )
+            .is_err()
+        );
     }
 
     #[test]

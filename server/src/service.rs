@@ -247,59 +247,8 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         self.authorize(&request, QUERY, Permission::Read).await?;
-        let request = request.into_inner();
-        let filter = request.filter.unwrap_or_default();
-        validate::filter(&filter, "filter", &self.limits).map_err(Error::InvalidArgument)?;
-        let order = match Order::try_from(request.order) {
-            Ok(Order::Descending) => Order::Descending,
-            Ok(Order::Ascending | Order::Unspecified) => Order::Ascending,
-            Err(_) => {
-                return Err(Error::InvalidArgument(vec![Violation::new(
-                    "order",
-                    format!("unknown order {}", request.order),
-                )])
-                .into());
-            }
-        };
-        let position = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                page_token::decode(&request.page_token, &filter, order).ok_or_else(|| {
-                    Error::InvalidArgument(vec![Violation::new(
-                        "page_token",
-                        "not a token returned by a query with this filter and order",
-                    )])
-                })?,
-            )
-        };
-        let limit = match request.page_size {
-            0 => self.limits.default_page_size,
-            size => size.min(self.limits.max_page_size),
-        } as usize;
-        let direction = match order {
-            Order::Descending => Direction::Descending { before: position },
-            _ => Direction::Ascending {
-                after: position.unwrap_or(0),
-            },
-        };
-        let read = Read {
-            filter,
-            direction,
-            through: *self.store.head().borrow(),
-            limit,
-            max_bytes: self.limits.max_response_bytes,
-        };
-        let filter = read.filter.clone();
-        let page = self.store.read(read).await?;
-        let next_page_token = match page.entries.last() {
-            Some(last) if !page.exhausted => page_token::encode(last.sequence, &filter, order),
-            _ => String::new(),
-        };
-        Ok(Response::new(QueryResponse {
-            entries: page.entries,
-            next_page_token,
-        }))
+        let response = query(&self.store, &self.limits, request.into_inner()).await?;
+        Ok(Response::new(response))
     }
 
     async fn get_checkpoint(
@@ -342,4 +291,64 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
         let response = evidence::consistency_proof(&self.store, request.into_inner()).await?;
         Ok(Response::new(response))
     }
+}
+
+/// One page of a query: the validation, page tokens and limits of `Query`, shared by the gRPC
+/// handler and the web console.
+pub async fn query<S: Store>(
+    store: &S,
+    limits: &Limits,
+    request: QueryRequest,
+) -> Result<QueryResponse, Error> {
+    let filter = request.filter.unwrap_or_default();
+    validate::filter(&filter, "filter", limits).map_err(Error::InvalidArgument)?;
+    let order = match Order::try_from(request.order) {
+        Ok(Order::Descending) => Order::Descending,
+        Ok(Order::Ascending | Order::Unspecified) => Order::Ascending,
+        Err(_) => {
+            return Err(Error::InvalidArgument(vec![Violation::new(
+                "order",
+                format!("unknown order {}", request.order),
+            )]));
+        }
+    };
+    let position = if request.page_token.is_empty() {
+        None
+    } else {
+        Some(
+            page_token::decode(&request.page_token, &filter, order).ok_or_else(|| {
+                Error::InvalidArgument(vec![Violation::new(
+                    "page_token",
+                    "not a token returned by a query with this filter and order",
+                )])
+            })?,
+        )
+    };
+    let limit = match request.page_size {
+        0 => limits.default_page_size,
+        size => size.min(limits.max_page_size),
+    } as usize;
+    let direction = match order {
+        Order::Descending => Direction::Descending { before: position },
+        _ => Direction::Ascending {
+            after: position.unwrap_or(0),
+        },
+    };
+    let read = Read {
+        filter,
+        direction,
+        through: *store.head().borrow(),
+        limit,
+        max_bytes: limits.max_response_bytes,
+    };
+    let filter = read.filter.clone();
+    let page = store.read(read).await?;
+    let next_page_token = match page.entries.last() {
+        Some(last) if !page.exhausted => page_token::encode(last.sequence, &filter, order),
+        _ => String::new(),
+    };
+    Ok(QueryResponse {
+        entries: page.entries,
+        next_page_token,
+    })
 }

@@ -10,7 +10,7 @@ use audit_ledger::merkle::Frontier;
 use audit_ledger::{CHAIN_START, Hash};
 use audit_proto::pb::AuditEntry;
 
-use super::{Page, Read, Receipt, StartupCheck, StoredCheckpoint};
+use super::{Page, Read, Receipt, StartupCheck, Stats, StatsQuery, StoredCheckpoint};
 use crate::error::Error;
 use crate::validate::NewEntry;
 
@@ -204,6 +204,10 @@ pub trait Reader: Send + 'static {
 
     /// The sequence of the newest committed entry.
     fn head(&mut self) -> Result<u64, Error>;
+
+    /// Counts of entries per time bucket and outcome, and the most frequent principals and
+    /// methods (the web console's charts).
+    fn stats(&mut self, query: &StatsQuery) -> Result<Stats, Error>;
 
     /// Checks the schema, and with [`StartupCheck::Full`] the storage's own integrity.
     fn check(&mut self, check: StartupCheck) -> Result<Result<(), String>, Error>;

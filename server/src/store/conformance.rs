@@ -447,6 +447,52 @@ pub async fn failures(fixture: &dyn Fixture) {
     }
 }
 
+/// The charts' counts agree with what a read of the same filter returns, bucket by bucket.
+pub async fn stats_count_what_reads_return(fixture: &dyn Fixture) {
+    let log = open(fixture.backend());
+    let entries: Vec<_> = (0..40).map(new_entry).collect();
+    log.append(entries.clone()).await.expect("append");
+    let head = *log.head().borrow();
+    for filter in filters(&entries) {
+        let query = super::StatsQuery {
+            filter: filter.clone(),
+            start_ns: 1_700_000_000 * 1_000_000_000,
+            bucket_ns: 7 * 1_000_000_000,
+            through: head - 3,
+            top: 3,
+        };
+        let stats = log.stats(query).await.expect("stats");
+        let read = log
+            .backend_read(Read {
+                filter: filter.clone(),
+                direction: Direction::Ascending { after: 0 },
+                through: head - 3,
+                limit: 100,
+                max_bytes: usize::MAX,
+            })
+            .await
+            .expect("read")
+            .entries;
+        assert_eq!(stats.total, read.len() as u64, "{filter:?}");
+        let mut expected = std::collections::BTreeMap::<(i64, i32), u64>::new();
+        for entry in &read {
+            let seconds = entry.time.as_ref().unwrap().seconds - 1_700_000_000;
+            *expected.entry((seconds / 7, entry.outcome)).or_default() += 1;
+        }
+        let got: Vec<_> = stats
+            .buckets
+            .iter()
+            .map(|b| ((b.index, b.outcome), b.count))
+            .collect();
+        assert_eq!(got, expected.into_iter().collect::<Vec<_>>(), "{filter:?}");
+        assert!(stats.principals.len() <= 3);
+        if let Some(first) = stats.principals.first() {
+            assert!(stats.principals.iter().all(|p| p.count <= first.count));
+        }
+    }
+    log.close().await;
+}
+
 /// Runs every conformance test on the backend of a fixture constructor.
 macro_rules! conformance_tests {
     ($fixture:expr) => {
@@ -468,6 +514,11 @@ macro_rules! conformance_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn checkpoints_and_proofs() {
             $crate::store::conformance::checkpoints_and_proofs(&$fixture).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn stats_count_what_reads_return() {
+            $crate::store::conformance::stats_count_what_reads_return(&$fixture).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use super::recent::{self, Recent};
 use super::signer::{Checkpointing, Signer};
 use super::verify::{self, Refusal};
 use super::writer::{WriteJob, Writer};
-use super::{Page, Read, Receipt, Store, StoredCheckpoint};
+use super::{Page, Read, Receipt, Stats, StatsQuery, Store, StoredCheckpoint};
 use crate::error::Error;
 use crate::validate::NewEntry;
 
@@ -323,6 +323,10 @@ impl Store for Log {
             Ok(hashes)
         })
         .await
+    }
+
+    async fn stats(&self, query: StatsQuery) -> Result<Stats, Error> {
+        self.with_reader(move |r| r.stats(&query)).await
     }
 
     fn head(&self) -> watch::Receiver<u64> {

@@ -12,11 +12,12 @@ use std::time::Duration;
 use audit_ledger::Hash;
 use prost::Message;
 
+use super::aggregate::{BucketCount, ValueCount};
 use super::backend::{
     Backend, BackendError, HeadFollower, NewCheckpoint, Reader, Row, StoredEntry, StoredId, Tip,
 };
 use super::filter::matches;
-use super::{Direction, Page, Read, Receipt, StartupCheck, StoredCheckpoint};
+use super::{Direction, Page, Read, Receipt, StartupCheck, Stats, StatsQuery, StoredCheckpoint};
 use crate::error::Error;
 use crate::validate::timestamp_nanos;
 
@@ -407,6 +408,55 @@ impl Reader for MemoryReader {
     fn head(&mut self) -> Result<u64, Error> {
         self.up()?;
         Ok(self.db.state().tip.as_ref().map_or(0, |t| t.sequence))
+    }
+
+    fn stats(&mut self, query: &StatsQuery) -> Result<Stats, Error> {
+        use std::collections::BTreeMap;
+        self.up()?;
+        let state = self.db.state();
+        let mut buckets: BTreeMap<(i64, i32), u64> = BTreeMap::new();
+        let mut principals: HashMap<String, u64> = HashMap::new();
+        let mut methods: HashMap<String, u64> = HashMap::new();
+        for row in state.entries.range(..=query.through).map(|(_, row)| row) {
+            if !matches(&query.filter, &row.entry) {
+                continue;
+            }
+            let time = row
+                .entry
+                .time
+                .as_ref()
+                .and_then(timestamp_nanos)
+                .unwrap_or(0);
+            // As SQL divides: towards zero.
+            let bucket = (time - query.start_ns) / query.bucket_ns.max(1);
+            *buckets.entry((bucket, row.entry.outcome)).or_default() += 1;
+            let (principal, _) = super::filter::caller_identity(&row.entry);
+            *principals.entry(principal.to_string()).or_default() += 1;
+            *methods.entry(row.entry.method.clone()).or_default() += 1;
+        }
+        let top = |counts: HashMap<String, u64>| {
+            let mut counts: Vec<ValueCount> = counts
+                .into_iter()
+                .map(|(value, count)| ValueCount { value, count })
+                .collect();
+            counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+            counts.truncate(query.top);
+            counts
+        };
+        let buckets: Vec<BucketCount> = buckets
+            .into_iter()
+            .map(|((index, outcome), count)| BucketCount {
+                index,
+                outcome,
+                count,
+            })
+            .collect();
+        Ok(Stats {
+            total: buckets.iter().map(|b| b.count).sum(),
+            buckets,
+            principals: top(principals),
+            methods: top(methods),
+        })
     }
 
     fn check(&mut self, _check: StartupCheck) -> Result<Result<(), String>, Error> {

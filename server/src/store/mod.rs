@@ -3,6 +3,7 @@
 //! one log) and memory (tests); a fault-injecting wrapper fails any of them at an exact point.
 //! The rest of the server sees only the [`Store`] trait.
 
+pub mod aggregate;
 pub mod backend;
 #[cfg(test)]
 mod conformance;
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use crate::error::Error;
 use crate::validate::NewEntry;
 
+pub use aggregate::{Stats, StatsQuery};
 pub use engine::Log;
 pub use signer::{Checkpointing, StartupCheck};
 
@@ -199,6 +201,10 @@ pub trait Store: Send + Sync + 'static {
         &self,
         ranges: Vec<std::ops::Range<u64>>,
     ) -> impl Future<Output = Result<Vec<Hash>, Error>> + Send;
+
+    /// Counts of the entries matching `query.filter` per time bucket and outcome, and its most
+    /// frequent principals and methods (the web console's charts).
+    fn stats(&self, query: StatsQuery) -> impl Future<Output = Result<Stats, Error>> + Send;
 
     /// The sequence of the newest committed entry (0 when empty), updated after each commit.
     fn head(&self) -> watch::Receiver<u64>;

@@ -9,9 +9,10 @@ use prost::Message;
 
 use super::{Settings, schema};
 use crate::error::Error;
+use crate::store::aggregate::{BucketCount, StatsSql, ValueCount};
 use crate::store::backend::{Reader, StoredEntry, hash_or_zeros};
 use crate::store::filter::{Dialect, Value, condition};
-use crate::store::{Direction, Page, Read, StartupCheck, StoredCheckpoint};
+use crate::store::{Direction, Page, Read, StartupCheck, Stats, StatsQuery, StoredCheckpoint};
 
 /// A read connection to the database.
 pub struct PostgresReader {
@@ -62,6 +63,21 @@ impl PostgresReader {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// Runs `sql` (with `?` placeholders) with `params`.
+    fn query_values(&mut self, sql: &str, params: Vec<Value>) -> Result<Vec<postgres::Row>, Error> {
+        let values: Vec<Box<dyn ToSql + Sync>> = params
+            .into_iter()
+            .map(|value| -> Box<dyn ToSql + Sync> {
+                match value {
+                    Value::Integer(i) => Box::new(i),
+                    Value::Text(s) => Box::new(s),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
+        self.query(&numbered(sql), &refs)
     }
 
     fn failed(&mut self, error: postgres::Error) -> Error {
@@ -115,23 +131,13 @@ impl Reader for PostgresReader {
         };
         params.push(Value::Integer(read.through as i64));
         params.push(Value::Integer(read.limit as i64 + 1));
-        let sql = numbered(&format!(
+        let sql = format!(
             "SELECT sequence, entry, entry_hash, chain_hash FROM entries \
              WHERE {} AND {bound} AND sequence <= ? \
              ORDER BY sequence {order} LIMIT ?",
             filter.sql
-        ));
-        let values: Vec<Box<dyn ToSql + Sync>> = params
-            .into_iter()
-            .map(|value| -> Box<dyn ToSql + Sync> {
-                match value {
-                    Value::Integer(i) => Box::new(i),
-                    Value::Text(s) => Box::new(s),
-                }
-            })
-            .collect();
-        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
-        let rows = self.query(&sql, &refs)?;
+        );
+        let rows = self.query_values(&sql, params)?;
         let mut page = Page::builder(read);
         for row in &rows {
             let sequence: i64 = row.get(0);
@@ -260,6 +266,43 @@ impl Reader for PostgresReader {
     fn head(&mut self) -> Result<u64, Error> {
         let rows = self.query("SELECT sequence FROM log_tip WHERE id = 1", &[])?;
         Ok(rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64))
+    }
+
+    fn stats(&mut self, query: &StatsQuery) -> Result<Stats, Error> {
+        let sql = StatsSql::new(query, Dialect::Postgres);
+        self.begin_snapshot()?;
+        let counted = (|| {
+            let buckets = self
+                .query_values(&sql.buckets.0, sql.buckets.1.clone())?
+                .iter()
+                .map(|row| BucketCount {
+                    index: row.get(0),
+                    outcome: row.get::<_, i64>(1) as i32,
+                    count: row.get::<_, i64>(2) as u64,
+                })
+                .collect::<Vec<_>>();
+            let mut top =
+                |(text, params): &(String, Vec<Value>)| -> Result<Vec<ValueCount>, Error> {
+                    Ok(self
+                        .query_values(text, params.clone())?
+                        .iter()
+                        .map(|row| ValueCount {
+                            value: row.get(0),
+                            count: row.get::<_, i64>(1) as u64,
+                        })
+                        .collect())
+                };
+            let principals = top(&sql.principals)?;
+            let methods = top(&sql.methods)?;
+            Ok(Stats {
+                total: buckets.iter().map(|b| b.count).sum(),
+                buckets,
+                principals,
+                methods,
+            })
+        })();
+        self.end_snapshot();
+        counted
     }
 
     fn check(&mut self, check: StartupCheck) -> Result<Result<(), String>, Error> {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
 use crate::error::Error;
 use crate::store::backend::{Reader, StoredEntry, hash_or_zeros};
 use crate::store::filter::{Dialect, Value, condition};
-use crate::store::{Direction, Page, Read, StartupCheck, StoredCheckpoint};
+use crate::store::{Direction, Page, Read, StartupCheck, Stats, StatsQuery, StoredCheckpoint};
 
 /// A read connection to the SQLite database.
 pub struct SqliteReader {
@@ -208,6 +208,10 @@ impl Reader for SqliteReader {
             |row| row.get(0),
         )?;
         Ok(head as u64)
+    }
+
+    fn stats(&mut self, query: &StatsQuery) -> Result<Stats, Error> {
+        crate::store::aggregate::stats(&self.conn, query)
     }
 
     fn check(&mut self, check: StartupCheck) -> Result<Result<(), String>, Error> {
