@@ -69,6 +69,17 @@ pub struct Config {
     #[command(flatten)]
     pub checkpoints: CheckpointConfig,
 
+    /// A forwarder, `NAME=URL` (repeatable): `syslog+udp://HOST:PORT`, `syslog+tcp://…`,
+    /// `syslog+tls://…`, `http(s)://HOST:PORT/PATH` or `file:///PATH`, options as query
+    /// parameters (`?format=cef&facility=local3`). See the README, "Shipping to a SIEM".
+    #[arg(long = "forward", value_name = "NAME=URL", value_parser = crate::forward::parse_flag)]
+    pub forward: Vec<crate::forward::ForwardSpec>,
+
+    /// Configuration file (TOML) with `[[forward]]` tables: `name`, `url`, `format`, `filter`
+    /// (the fields of `Filter`) and the forwarder's options.
+    #[arg(long, env = "AUDIT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// How connections are accepted, kept and closed.
     #[command(flatten)]
     pub connections: ConnectionLimits,
@@ -314,7 +325,7 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 }
 
 /// Parses `1500ms`, `15s`, `2m` or a plain number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),

@@ -9,8 +9,10 @@
 pub mod access;
 mod codec_status;
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod evidence;
+pub mod forward;
 pub mod guard;
 pub mod hub;
 pub mod listen;
@@ -47,11 +49,14 @@ pub struct AuditServer {
     connections: ConnectionLimits,
     store: SqliteStore,
     access: Arc<Access>,
+    forwarders: forward::Prepared<SqliteStore>,
 }
 
 impl AuditServer {
     /// Loads the policy and opens the store in `config.data_dir`: fails at once if the policy
     /// is invalid, or the store cannot be written or another server holds it.
+    ///
+    /// Also builds the forwarders (`--forward`, `--config`): a bad one fails the start, named.
     pub fn open(config: Config) -> Result<Self, Error> {
         let policy = config.policy.as_deref().map(Policy::load).transpose()?;
         let denials = access::DenialLimits {
@@ -70,11 +75,17 @@ impl AuditServer {
                 max_wal_bytes: limits.max_wal_bytes,
             },
         )?;
+        let mut forwards = config.forward.clone();
+        if let Some(path) = &config.config {
+            forwards.extend(config_file::load(path)?);
+        }
+        let forwarders = forward::prepare(&forwards, &store, &config.data_dir, &limits)?;
         Ok(Self {
             limits,
             connections: config.connections,
             store,
             access,
+            forwarders,
         })
     }
 
@@ -90,6 +101,7 @@ impl AuditServer {
             connections,
             store,
             access,
+            forwarders,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         // Health is known before the first connection is served, not shortly after.
@@ -148,8 +160,12 @@ impl AuditServer {
                 guard::RefusalRecorder::new(store.clone(), limits.clone()),
             ));
         let (listeners, socket_file) = listeners.into_parts();
+        let shutdown_grace = connections.shutdown_grace;
+        let forwarders = forwarders.start();
         serve::serve(listeners, service, connections, stopping).await;
         drop(socket_file);
+        // Writes are over: forwarders deliver what is committed, then the store closes.
+        forwarders.stop(shutdown_grace).await;
         store.close().await;
         tracing::info!("server stopped");
         Ok(())
