@@ -297,3 +297,43 @@ pub fn assert_gapless(entries: &[pb::AuditEntry], first: u64) {
         );
     }
 }
+
+/// Runs `audit-server` with `args` (and a fresh data directory), expecting it to refuse to
+/// start: returns what it wrote on stderr. Fails if it became ready instead.
+pub async fn start_failure(args: &[&str]) -> String {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let output = tokio::time::timeout(
+        PATIENCE,
+        Command::new(binary("audit-server"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(temp.path().join("data"))
+            .args(args)
+            .env("AUDIT_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("audit-server exited in time")
+    .expect("run audit-server");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success() && !stdout.contains("audit-server ready"),
+        "audit-server started with {args:?}"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Waits until `check` holds, polling every 50 ms for at most [`PATIENCE`]; fails with `what`.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -6,8 +6,9 @@
 //! Invariants:
 //! - every entry up to `position` matching the filter was acknowledged by the sink, and so was
 //!   every checkpoint up to `checkpoint_index`;
-//! - each checkpoint is delivered after every matching entry it covers and before any entry it
-//!   does not cover;
+//! - each checkpoint is delivered after every matching entry it covers (and, as the newest
+//!   checkpoint is looked up at most once a second, before the entries committed a second or
+//!   more after it);
 //! - positions are saved after the acknowledgement, so a crash repeats at most the last
 //!   unacknowledged batch.
 
