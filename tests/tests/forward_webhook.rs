@@ -162,7 +162,7 @@ async fn failures_are_retried_until_every_entry_arrived_in_order() {
     })
     .await;
     assert_at_least_once_in_order(&receiver.sequences(), 30);
-    let requests = receiver.requests.lock().unwrap();
+    let requests = receiver.requests.lock().unwrap().clone();
     // The four refused batches were sent again.
     assert!(requests.len() >= 5, "{} requests", requests.len());
     for (headers, items) in requests.iter() {
@@ -181,7 +181,6 @@ async fn failures_are_retried_until_every_entry_arrived_in_order() {
             );
         }
     }
-    drop(requests);
     assert!(server.stop().await.success());
 }
 
