@@ -40,6 +40,9 @@ use policy::Policy;
 use service::AuditService;
 use store::{SqliteStore, Store};
 
+/// How long after its grace period a forwarder whose receiver holds a batch is stopped anyway.
+const FORWARDER_HARD_STOP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Service names whose health follows the store: the server as a whole and the audit service.
 const HEALTH_SERVICES: [&str; 2] = ["", audit_proto::SERVICE_NAME];
 
@@ -79,7 +82,13 @@ impl AuditServer {
         if let Some(path) = &config.config {
             forwards.extend(config_file::load(path)?);
         }
-        let forwarders = forward::prepare(&forwards, &store, &config.data_dir, &limits)?;
+        let forwarders = forward::prepare(
+            &forwards,
+            &store,
+            &config.data_dir,
+            &limits,
+            config.connections.shutdown_grace,
+        )?;
         Ok(Self {
             limits,
             connections: config.connections,
@@ -165,7 +174,7 @@ impl AuditServer {
         serve::serve(listeners, service, connections, stopping).await;
         drop(socket_file);
         // Writes are over: forwarders deliver what is committed, then the store closes.
-        forwarders.stop(shutdown_grace).await;
+        forwarders.stop(shutdown_grace + FORWARDER_HARD_STOP).await;
         store.close().await;
         tracing::info!("server stopped");
         Ok(())

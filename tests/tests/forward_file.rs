@@ -16,6 +16,25 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A data directory holding `total` entries, written by a server without forwarders, so that
+/// a forwarder started on it has every one still to deliver.
+async fn prefilled(total: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    let mut server = TestServer::start().await;
+    let client = server.client().await;
+    for chunk in 0..total / 100 {
+        let entries = (0..100).map(|i| {
+            entry("app", "/a.B/C")
+                .resource(format!("{}", chunk * 100 + i))
+                .build()
+        });
+        client.record_batch("", entries).await.unwrap();
+    }
+    let temp = server.keep_data_dir().expect("a temporary data directory");
+    let data_dir = server.data_dir.clone();
+    assert!(server.stop().await.success());
+    (temp, data_dir)
+}
+
 fn entry_sequences(lines: &[serde_json::Value]) -> Vec<u64> {
     lines
         .iter()
@@ -85,22 +104,12 @@ async fn kill_9_while_forwarding_loses_nothing_and_repeats_only_the_tail() {
     let path = out.path().join("audit.log");
     // One fsync per 5 entries, so that delivery is still under way when the server is killed.
     let forward = format!("file=file://{}?batch=5", path.display());
-    let mut server = TestServer::start_with_args(&["--forward", &forward]).await;
-    let client = server.client().await;
-    for chunk in 0..TOTAL / 100 {
-        let entries = (0..100).map(|i| {
-            entry("app", "/a.B/C")
-                .resource(format!("{}", chunk * 100 + i))
-                .build()
-        });
-        client.record_batch("", entries).await.unwrap();
-    }
+    let (data, data_dir) = prefilled(TOTAL).await;
+    let server = TestServer::start_in(&data_dir, &["--forward", &forward]).await;
     eventually("some entries in the file", || {
         entry_sequences(&lines(&path)).len() >= 20
     })
     .await;
-    let data = server.keep_data_dir();
-    let data_dir = server.data_dir.clone();
     server.kill().await;
     let saved: u64 = std::fs::read_to_string(data_dir.join("forwarders/file.position"))
         .unwrap()
@@ -243,6 +252,38 @@ async fn a_filtered_forwarder_from_the_config_file_delivers_only_its_entries() {
     assert_eq!(
         got,
         ["1 DENIED r0", "4 DENIED r3", "7 DENIED r6", "10 DENIED r9"]
+    );
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_while_forwarding_delivers_each_entry_exactly_once() {
+    const TOTAL: u64 = 2000;
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("audit.log");
+    let forward = format!("file=file://{}?batch=5", path.display());
+    let args = ["--forward", forward.as_str(), "--shutdown-grace", "1s"];
+    let (_data, data_dir) = prefilled(TOTAL).await;
+    let mut server = TestServer::start_in(&data_dir, &args).await;
+    eventually("some entries in the file", || {
+        entry_sequences(&lines(&path)).len() >= 20
+    })
+    .await;
+    // Stopped while far behind: it stops between batches, its position matching the file.
+    server = server.restart().await;
+    let after_stop = entry_sequences(&lines(&path)).len() as u64;
+    assert!(after_stop < TOTAL, "delivery was over before the stop");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while entry_sequences(&lines(&path)).last() != Some(&TOTAL) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        entry_sequences(&lines(&path)),
+        (1..=TOTAL).collect::<Vec<_>>()
     );
     assert!(server.stop().await.success());
 }

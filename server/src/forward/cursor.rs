@@ -90,8 +90,13 @@ pub struct Cursor<S, K> {
     pub batch: usize,
     /// Most encoded bytes of entries per batch.
     pub batch_bytes: usize,
-    /// Cancelled at shutdown: deliver what is committed, then stop.
+    /// Cancelled at shutdown: deliver what is committed, for at most `grace`, then stop
+    /// between batches.
     pub stopping: CancellationToken,
+    /// How long delivery goes on after `stopping`.
+    pub grace: Duration,
+    /// When delivery stops: set once `stopping` is seen (`None` until then).
+    pub stop_deadline: Option<Instant>,
 }
 
 /// The key under which the checkpoint index of forwarder `name` is saved.
@@ -156,6 +161,17 @@ impl<S: Store, K: Sink> Cursor<S, K> {
         loop {
             let through = *head.borrow_and_update();
             let stopping = self.stopping.is_cancelled();
+            if stopping && self.stop_deadline.is_none() {
+                self.stop_deadline = Some(Instant::now() + self.grace);
+            }
+            if self.past_deadline() {
+                if self.position != saved
+                    && let Err(stop) = self.save().await
+                {
+                    return stop;
+                }
+                return Stop::Done;
+            }
             if stopping || Instant::now() >= next_poll {
                 match self.store.checkpoint(None).await {
                     Ok(newest) => newest_checkpoint = newest.map_or(0, |c| c.index),
@@ -298,10 +314,29 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                     }
                     let wait = after.unwrap_or_else(|| jitter(backoff)).min(BACKOFF_MAX);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
-                    tokio::time::sleep(wait).await;
+                    let mut wake = Instant::now() + wait;
+                    let stopped = tokio::select! {
+                        () = tokio::time::sleep_until(wake) => false,
+                        () = self.stopping.cancelled(), if self.stop_deadline.is_none() => true,
+                    };
+                    if stopped {
+                        let deadline = Instant::now() + self.grace;
+                        self.stop_deadline = Some(deadline);
+                        wake = wake.min(deadline);
+                        tokio::time::sleep_until(wake).await;
+                    }
+                    if self.past_deadline() {
+                        // Shutting down: this batch is sent again at the next start.
+                        return Err(Stop::Done);
+                    }
                 }
             }
         }
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.stop_deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     async fn save(&self) -> Result<(), Stop> {

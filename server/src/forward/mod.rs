@@ -116,6 +116,7 @@ pub fn prepare<S: Store + Clone>(
     store: &S,
     data_dir: &Path,
     limits: &Limits,
+    grace: Duration,
 ) -> Result<Prepared<S>, Error> {
     let stopping = CancellationToken::new();
     let mut cursors = Vec::new();
@@ -181,6 +182,8 @@ pub fn prepare<S: Store + Clone>(
             batch,
             batch_bytes,
             stopping: stopping.clone(),
+            grace,
+            stop_deadline: None,
         });
     }
     Ok(Prepared { cursors, stopping })
@@ -294,11 +297,13 @@ impl<S: Store + Clone> Prepared<S> {
 }
 
 impl Running {
-    /// Lets every forwarder deliver what is committed, for at most `grace`; a forwarder still
-    /// busy then is stopped, and resumes from its saved position at the next start.
-    pub async fn stop(self, grace: Duration) {
+    /// Lets every forwarder deliver what is committed for the grace period given to
+    /// [`prepare`]; each then stops between batches, and resumes from its saved position at the
+    /// next start. One whose receiver still holds a batch `hard_stop` later is stopped there
+    /// (that batch may then be delivered again).
+    pub async fn stop(self, hard_stop: Duration) {
         self.stopping.cancel();
-        let deadline = tokio::time::Instant::now() + grace;
+        let deadline = tokio::time::Instant::now() + hard_stop;
         for (name, mut task) in self.tasks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 task.abort();
