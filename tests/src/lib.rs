@@ -337,3 +337,22 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A data directory holding `total` entries (a multiple of 100), written by a server that has
+/// stopped since, so that a forwarder started on it has every one still to deliver.
+pub async fn prefilled(total: u64) -> (TempDir, PathBuf) {
+    let mut server = TestServer::start().await;
+    let client = server.client().await;
+    for chunk in 0..total / 100 {
+        let entries = (0..100).map(|i| {
+            entry("app", "/a.B/C")
+                .resource(format!("{}", chunk * 100 + i))
+                .build()
+        });
+        client.record_batch("", entries).await.unwrap();
+    }
+    let temp = server.keep_data_dir().expect("a temporary data directory");
+    let data_dir = server.data_dir.clone();
+    assert!(server.stop().await.success());
+    (temp, data_dir)
+}

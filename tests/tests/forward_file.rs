@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use audit_tests::{TestServer, entry, eventually, start_failure};
+use audit_tests::{TestServer, entry, eventually, prefilled, start_failure};
 
 /// Each line of the file as JSON.
 fn lines(path: &Path) -> Vec<serde_json::Value> {
@@ -14,25 +14,6 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
         .collect()
-}
-
-/// A data directory holding `total` entries, written by a server without forwarders, so that
-/// a forwarder started on it has every one still to deliver.
-async fn prefilled(total: u64) -> (tempfile::TempDir, std::path::PathBuf) {
-    let mut server = TestServer::start().await;
-    let client = server.client().await;
-    for chunk in 0..total / 100 {
-        let entries = (0..100).map(|i| {
-            entry("app", "/a.B/C")
-                .resource(format!("{}", chunk * 100 + i))
-                .build()
-        });
-        client.record_batch("", entries).await.unwrap();
-    }
-    let temp = server.keep_data_dir().expect("a temporary data directory");
-    let data_dir = server.data_dir.clone();
-    assert!(server.stop().await.success());
-    (temp, data_dir)
 }
 
 fn entry_sequences(lines: &[serde_json::Value]) -> Vec<u64> {

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use audit_client::render::escape;
-use audit_tests::{PATIENCE, TestServer, entry, eventually};
+use audit_tests::{PATIENCE, TestServer, entry, eventually, prefilled};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
@@ -359,4 +359,61 @@ async fn tls_messages_reach_rsyslog_with_the_certificate_verified() {
         None
     );
     assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn kill_9_while_forwarding_over_tcp_loses_nothing() {
+    const TOTAL: u64 = 3000;
+    let rsyslog = Rsyslog::start(None).await;
+    let (data, data_dir) = prefilled(TOTAL).await;
+    let forward = format!("siem=syslog+tcp://127.0.0.1:{}?batch=5", rsyslog.tcp_port);
+    let server = TestServer::start_in(&data_dir, &["--forward", &forward]).await;
+    let sequences = || -> Vec<u64> {
+        rsyslog
+            .messages()
+            .iter()
+            .filter_map(|m| m.param("sequence").filter(|_| m.sd_id == "audit@32473"))
+            .map(|s| s.parse().unwrap())
+            .collect()
+    };
+    eventually("some entries at rsyslog", || sequences().len() >= 20).await;
+    server.kill().await;
+    let saved: u64 = std::fs::read_to_string(data_dir.join("forwarders/siem.position"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(saved < TOTAL, "delivery was over before the kill");
+
+    let server = TestServer::start_in(&data_dir, &["--forward", &forward]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while sequences().last() != Some(&TOTAL) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} messages",
+            sequences().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sequences = sequences();
+    let mut counts = std::collections::BTreeMap::new();
+    for sequence in &sequences {
+        *counts.entry(*sequence).or_insert(0) += 1;
+    }
+    assert_eq!(counts.len() as u64, TOTAL, "an entry is missing");
+    let repeated: Vec<u64> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(
+        repeated.iter().all(|s| *s > saved),
+        "repeated {repeated:?}, saved {saved}"
+    );
+    assert!(
+        repeated.len() <= 5,
+        "more than the unacknowledged batch: {repeated:?}"
+    );
+    assert!(server.stop().await.success());
+    drop(data);
 }

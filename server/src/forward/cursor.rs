@@ -97,6 +97,9 @@ pub struct Cursor<S, K> {
     pub grace: Duration,
     /// When delivery stops: set once `stopping` is seen (`None` until then).
     pub stop_deadline: Option<Instant>,
+    /// The checkpoint index as last saved (`None` until saved), so that it is written again
+    /// only when it changes: most batches hold no checkpoint.
+    pub saved_checkpoint_index: Option<u64>,
 }
 
 /// The key under which the checkpoint index of forwarder `name` is saved.
@@ -339,16 +342,23 @@ impl<S: Store, K: Sink> Cursor<S, K> {
             .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
-    async fn save(&self) -> Result<(), Stop> {
+    async fn save(&mut self) -> Result<(), Stop> {
         let positions = self.positions.clone();
         let (name, position, index) = (self.name.clone(), self.position, self.checkpoint_index);
+        let index_changed = self.saved_checkpoint_index != Some(index);
         let saved = tokio::task::spawn_blocking(move || {
             positions.save(&name, position)?;
-            positions.save(&checkpoint_key(&name), index)
+            if index_changed {
+                positions.save(&checkpoint_key(&name), index)?;
+            }
+            Ok::<_, std::io::Error>(())
         })
         .await;
         match saved {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.saved_checkpoint_index = Some(index);
+                Ok(())
+            }
             Ok(Err(error)) => Err(Stop::Halted(format!("cannot save its position: {error}"))),
             Err(error) => Err(Stop::Halted(format!("cannot save its position: {error}"))),
         }

@@ -184,6 +184,7 @@ pub fn prepare<S: Store + Clone>(
             stopping: stopping.clone(),
             grace,
             stop_deadline: None,
+            saved_checkpoint_index: None,
         });
     }
     Ok(Prepared { cursors, stopping })
