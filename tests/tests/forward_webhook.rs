@@ -32,8 +32,14 @@ struct Receiver {
 impl Receiver {
     /// Starts a receiver on 127.0.0.1:0; returns it and its URL.
     async fn start() -> (Arc<Receiver>, String) {
+        Self::start_with(None).await
+    }
+
+    /// Starts a receiver on 127.0.0.1:0, over TLS with `tls`; returns it and its URL.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (Arc<Receiver>, String) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
         let receiver = Arc::new(Receiver::default());
         let state = receiver.clone();
         tokio::spawn(async move {
@@ -42,14 +48,22 @@ impl Receiver {
                     return;
                 };
                 let state = state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(state.answer(request).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -331,4 +345,61 @@ async fn a_receiver_that_never_answers_does_not_slow_writers() {
     assert_eq!(position(&forwarding, "stuck"), None);
     assert!(plain.stop().await.success());
     assert!(forwarding.stop().await.success());
+}
+
+/// A CA (PEM, in `dir/ca.pem`) and a TLS acceptor for `localhost` with a certificate it signed.
+fn tls_receiver(dir: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls_pki_types::pem::PemObject as _;
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn https_verifies_the_receiver_against_the_ca() {
+    let pki = tempfile::tempdir().unwrap();
+    let (receiver, url) = Receiver::start_with(Some(tls_receiver(pki.path()))).await;
+    let forward = format!(
+        "hook={url}?ca={}&server_name=localhost&body=array",
+        pki.path().join("ca.pem").display()
+    );
+    let server = TestServer::start_with_args(&["--forward", &forward]).await;
+    record(&server, 3).await;
+    eventually("the position reaches 3", || {
+        position(&server, "hook") == Some(3)
+    })
+    .await;
+    assert_at_least_once_in_order(&receiver.sequences(), 3);
+    assert!(server.stop().await.success());
+
+    // A receiver whose certificate another CA signed gets nothing.
+    let other = tempfile::tempdir().unwrap();
+    let (stranger, url) = Receiver::start_with(Some(tls_receiver(other.path()))).await;
+    let forward = format!(
+        "hook={url}?ca={}&server_name=localhost",
+        pki.path().join("ca.pem").display()
+    );
+    let server =
+        TestServer::start_with_args(&["--forward", &forward, "--shutdown-grace", "1s"]).await;
+    record(&server, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(stranger.count(), 0);
+    assert_eq!(position(&server, "hook"), None);
+    assert!(server.stop().await.success());
 }
