@@ -73,7 +73,16 @@ impl Receiver {
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = request.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        let items: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("a JSON array");
+        let items: Vec<serde_json::Value> =
+            if parts.headers["content-type"] == "application/x-ndjson" {
+                let text = std::str::from_utf8(&body).unwrap();
+                assert!(text.ends_with('\n'), "JSON lines end with a line break");
+                text.lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect()
+            } else {
+                serde_json::from_slice(&body).expect("a JSON array")
+            };
         self.requests
             .lock()
             .unwrap()
@@ -401,5 +410,27 @@ async fn https_verifies_the_receiver_against_the_ca() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(stranger.count(), 0);
     assert_eq!(position(&server, "hook"), None);
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn linger_gathers_entries_into_fuller_batches() {
+    let (receiver, url) = Receiver::start().await;
+    let forward = format!("hook={url}?batch=100&linger=3s&body=ndjson");
+    let server = TestServer::start_with_args(&["--forward", &forward]).await;
+    record(&server, 10).await;
+    eventually("the position reaches 10", || {
+        position(&server, "hook") == Some(10)
+    })
+    .await;
+    assert_at_least_once_in_order(&receiver.sequences(), 10);
+    let with_entries = receiver
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, items)| items.iter().any(|i| i["type"] != "checkpoint"))
+        .count();
+    assert!(with_entries <= 2, "{with_entries} requests for 10 entries");
     assert!(server.stop().await.success());
 }

@@ -90,6 +90,8 @@ pub struct Cursor<S, K> {
     pub batch: usize,
     /// Most encoded bytes of entries per batch.
     pub batch_bytes: usize,
+    /// How long a batch that is not full may wait for more entries (zero: sent at once).
+    pub linger: Duration,
     /// Cancelled at shutdown: deliver what is committed, for at most `grace`, then stop
     /// between batches.
     pub stopping: CancellationToken,
@@ -161,6 +163,7 @@ impl<S: Store, K: Sink> Cursor<S, K> {
         let mut last_lag_log = Instant::now();
         let mut last_save = Instant::now();
         let mut saved = self.position;
+        let mut pending_since: Option<Instant> = None;
         loop {
             let through = *head.borrow_and_update();
             let stopping = self.stopping.is_cancelled();
@@ -175,6 +178,24 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                 }
                 return Stop::Done;
             }
+            let short = through > self.position && through - self.position < self.batch as u64;
+            if !stopping && !self.linger.is_zero() && short {
+                // Wait a little for a fuller batch.
+                let until = *pending_since.get_or_insert_with(Instant::now) + self.linger;
+                if Instant::now() < until {
+                    tokio::select! {
+                        changed = head.changed() => {
+                            if changed.is_err() {
+                                return Stop::Done;
+                            }
+                        }
+                        () = tokio::time::sleep_until(until) => {}
+                        () = self.stopping.cancelled() => {}
+                    }
+                    continue;
+                }
+            }
+            pending_since = None;
             if stopping || Instant::now() >= next_poll {
                 match self.store.checkpoint(None).await {
                     Ok(newest) => newest_checkpoint = newest.map_or(0, |c| c.index),

@@ -150,6 +150,11 @@ pub fn prepare<S: Store + Clone>(
         let start = options.take("start")?;
         let batch = options.parse("batch", 100usize)?.max(1);
         let batch_bytes = options.bytes("batch_bytes", 1 << 20)? as usize;
+        let linger = match options.take("linger")? {
+            None => Duration::ZERO,
+            Some(text) => crate::config::parse_duration(&text)
+                .map_err(|e| options.error(format!("option `linger`: {e}")))?,
+        };
         options.finish(&format!("{COMMON_OPTIONS}, {known}"))?;
         let load = |key: &str| {
             positions
@@ -181,6 +186,7 @@ pub fn prepare<S: Store + Clone>(
             checkpoint_index,
             batch,
             batch_bytes,
+            linger,
             stopping: stopping.clone(),
             grace,
             stop_deadline: None,
