@@ -37,7 +37,15 @@ impl Receiver {
 
     /// Starts a receiver on 127.0.0.1:0, over TLS with `tls`; returns it and its URL.
     async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (Arc<Receiver>, String) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0", tls).await
+    }
+
+    /// Starts a receiver on `address`, over TLS with `tls`; returns it and its URL.
+    async fn start_on(
+        address: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (Arc<Receiver>, String) {
+        let listener = TcpListener::bind(address).await.unwrap();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
         let receiver = Arc::new(Receiver::default());
@@ -432,5 +440,26 @@ async fn linger_gathers_entries_into_fuller_batches() {
         .filter(|(_, items)| items.iter().any(|i| i["type"] != "checkpoint"))
         .count();
     assert!(with_entries <= 2, "{with_entries} requests for 10 entries");
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_gets_everything_once_it_is_up() {
+    // A port nobody listens on, until the receiver starts on it below.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let forward = format!("hook=http://{address}/hook?batch=2");
+    let server = TestServer::start_with_args(&["--forward", &forward]).await;
+    record(&server, 5).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(position(&server, "hook"), None);
+    let (receiver, _) = Receiver::start_on(&address.to_string(), None).await;
+    eventually("the position reaches 5", || {
+        position(&server, "hook") == Some(5)
+    })
+    .await;
+    assert_eq!(receiver.sequences(), [1, 2, 3, 4, 5]);
     assert!(server.stop().await.success());
 }
