@@ -221,7 +221,8 @@ impl<S: Store, K: Sink> Cursor<S, K> {
             }
             if last_lag_log.elapsed() >= LOG_EVERY {
                 let lag = through.saturating_sub(self.position);
-                if lag > 0 {
+                // More than a batch behind: lagging, not just busy.
+                if lag > self.batch as u64 {
                     tracing::info!(forwarder = %self.name, position = self.position, lag, "forwarder lagging");
                 }
                 last_lag_log = Instant::now();

@@ -201,6 +201,9 @@ fn entry_format(options: &mut Options, default: Format) -> Result<Format, Error>
     let name = options.take("format")?;
     let template = options.take("template")?;
     let no_value = options.take("no_value")?;
+    if no_value.is_some() && template.is_none() {
+        return Err(options.error("option `no_value` goes with `template`"));
+    }
     match (name, template) {
         (Some(_), Some(_)) => {
             Err(options.error("options `format` and `template` exclude each other"))
