@@ -339,19 +339,15 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                     }
                     let wait = after.unwrap_or_else(|| jitter(backoff)).min(BACKOFF_MAX);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
-                    let mut wake = Instant::now() + wait;
+                    if self.stopping.is_cancelled() {
+                        // Shutting down: this batch is sent again at the next start.
+                        return Err(Stop::Done);
+                    }
                     let stopped = tokio::select! {
-                        () = tokio::time::sleep_until(wake) => false,
-                        () = self.stopping.cancelled(), if self.stop_deadline.is_none() => true,
+                        () = tokio::time::sleep(wait) => false,
+                        () = self.stopping.cancelled() => true,
                     };
                     if stopped {
-                        let deadline = Instant::now() + self.grace;
-                        self.stop_deadline = Some(deadline);
-                        wake = wake.min(deadline);
-                        tokio::time::sleep_until(wake).await;
-                    }
-                    if self.past_deadline() {
-                        // Shutting down: this batch is sent again at the next start.
                         return Err(Stop::Done);
                     }
                 }
