@@ -30,6 +30,11 @@ impl Rsyslog {
     /// Starts rsyslogd listening on UDP, TCP and, with `tls` (a CA, certificate and key in
     /// PEM files), TLS, all on 127.0.0.1.
     async fn start(tls: Option<(&Path, &Path, &Path)>) -> Rsyslog {
+        Self::start_on(tls, 0).await
+    }
+
+    /// [`Rsyslog::start`] with its TCP input on `tcp_port` (0: any free port).
+    async fn start_on(tls: Option<(&Path, &Path, &Path)>, tcp_port: u16) -> Rsyslog {
         let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -49,7 +54,7 @@ module(load="imtcp" maxSessions="100")
 template(name="fields" type="string" string="{TEMPLATE}")
 ruleset(name="r") {{ action(type="omfile" file="{d}/out.log" template="fields") }}
 input(type="imudp" address="127.0.0.1" port="{udp_port}" ruleset="r")
-input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{d}/tcp.port" ruleset="r")
+input(type="imtcp" address="127.0.0.1" port="{tcp_port}" listenPortFileName="{d}/tcp.port" ruleset="r")
 "#
         );
         if let Some((ca, cert, key)) = tls {
@@ -79,11 +84,15 @@ input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{d}/tcp.port
                 .ok()
                 .and_then(|p| p.trim().parse::<u16>().ok())
         };
+        // A fixed port is not written to the port file: it is ready once it takes connections.
+        let fixed_ready =
+            || tcp_port != 0 && std::net::TcpStream::connect(("127.0.0.1", tcp_port)).is_ok();
         eventually("rsyslogd listening", || {
-            port("tcp.port").is_some() && (tls.is_none() || port("tls.port").is_some())
+            (port("tcp.port").is_some() || fixed_ready())
+                && (tls.is_none() || port("tls.port").is_some())
         })
         .await;
-        let tcp_port = port("tcp.port").unwrap();
+        let tcp_port = port("tcp.port").unwrap_or(tcp_port);
         let tls_port = tls.and(port("tls.port"));
         let rsyslog = Rsyslog {
             dir,
@@ -416,4 +425,61 @@ async fn kill_9_while_forwarding_over_tcp_loses_nothing() {
     );
     assert!(server.stop().await.success());
     drop(data);
+}
+
+#[tokio::test]
+async fn a_tcp_receiver_that_restarts_misses_nothing() {
+    let first = Rsyslog::start(None).await;
+    let port = first.tcp_port;
+    let forward = format!("siem=syslog+tcp://127.0.0.1:{port}?batch=1");
+    let server = TestServer::start_with_args(&["--forward", &forward]).await;
+    let client = server.client().await;
+    let record = |i: u64| {
+        let client = client.clone();
+        async move {
+            client
+                .record(
+                    entry("kms", "/kms.v1.Keys/Get")
+                        .resource(format!("keys/{i}"))
+                        .build(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let sequences = |rsyslog: &Rsyslog| -> Vec<u64> {
+        rsyslog
+            .messages()
+            .iter()
+            .filter(|m| m.sd_id == "audit@32473")
+            .map(|m| m.param("sequence").unwrap().parse().unwrap())
+            .collect()
+    };
+    for i in 1..=3 {
+        record(i).await;
+    }
+    eventually("three entries at the first rsyslog", || {
+        sequences(&first) == [1, 2, 3]
+    })
+    .await;
+    // The receiver goes away with the connection open; entries go on being recorded.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 4..=6 {
+        record(i).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = Rsyslog::start_on(None, port).await;
+    eventually("the rest at the second rsyslog", || {
+        sequences(&second).last() == Some(&6)
+    })
+    .await;
+    let got = sequences(&second);
+    assert_eq!(
+        got.first(),
+        Some(&4),
+        "entry 4 was lost on the closed connection: {got:?}"
+    );
+    assert_eq!(got, [4, 5, 6]);
+    assert!(server.stop().await.success());
 }
