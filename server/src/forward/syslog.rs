@@ -20,6 +20,9 @@ use crate::error::Error;
 /// Options of the syslog sinks besides `format`/`template` (which give MSG).
 pub const OPTIONS: &str = "facility, hostname, app_name, procid, enterprise, max_bytes";
 
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
 /// How long connecting may take before it counts as a failure (and is retried).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long writing one batch may take.
@@ -75,6 +78,11 @@ pub fn message_options(
         return Err(options.error(format!(
             "option `max_bytes`: at least {} bytes",
             syslog::MIN_MAX_BYTES
+        )));
+    }
+    if udp && max_bytes > MAX_DATAGRAM {
+        return Err(options.error(format!(
+            "option `max_bytes`: at most {MAX_DATAGRAM} bytes over UDP"
         )));
     }
     Ok(SyslogOptions {
