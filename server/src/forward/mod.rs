@@ -148,7 +148,7 @@ pub fn prepare<S: Store + Clone>(
         let mut options = Options::new(&spec.name, values);
         let (sink, known) = build_sink(target, &mut options)?;
         let start = options.take("start")?;
-        let batch = options.parse("batch", 100usize)?.max(1);
+        let batch = options.parse("batch", 500usize)?.max(1);
         let batch_bytes = options.bytes("batch_bytes", 1 << 20)? as usize;
         let linger = match options.take("linger")? {
             None => Duration::ZERO,
