@@ -268,3 +268,40 @@ async fn a_clean_shutdown_while_forwarding_delivers_each_entry_exactly_once() {
     );
     assert!(server.stop().await.success());
 }
+
+#[tokio::test]
+async fn sighup_reopens_a_file_moved_away() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("audit.log");
+    let moved = out.path().join("audit.log.old");
+    let forward = format!("file=file://{}", path.display());
+    let server = TestServer::start_with_args(&["--forward", &forward]).await;
+    let client = server.client().await;
+    let record = |i: u32| {
+        let client = client.clone();
+        async move {
+            client
+                .record(entry("app", "/a.B/C").resource(format!("{i}")).build())
+                .await
+                .unwrap();
+        }
+    };
+    record(1).await;
+    record(2).await;
+    eventually("two entries", || entry_sequences(&lines(&path)) == [1, 2]).await;
+    // What logrotate does: move the file, then tell the server.
+    std::fs::rename(&path, &moved).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    record(3).await;
+    eventually("the third entry in a new file", || {
+        entry_sequences(&lines(&path)) == [3]
+    })
+    .await;
+    assert_eq!(entry_sequences(&lines(&moved)), [1, 2]);
+    assert!(server.stop().await.success());
+}

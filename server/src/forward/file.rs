@@ -2,7 +2,8 @@
 //! the batch counts as delivered. With `max_size`, the file is rotated before a line would take
 //! it past that size (`audit.log` → `audit.log.1` → `audit.log.2` …, `max_files` rotated files
 //! kept, default 5), so a line is never split across files. A batch that fails part way is cut
-//! off the file again before it is retried, so a retry never leaves half a line.
+//! off the file again before it is retried, so a retry never leaves half a line. On SIGHUP the
+//! file is reopened before the next batch, for an outside tool (logrotate) that moved it away.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -20,6 +21,8 @@ pub const OPTIONS: &str = "max_size (bytes, or with K, M, G), max_files";
 pub struct FileSink {
     state: Option<State>,
     encoding: Encoding,
+    /// SIGHUP, when a runtime was there to listen for it.
+    hangups: Option<tokio::signal::unix::Signal>,
 }
 
 struct State {
@@ -43,6 +46,13 @@ impl FileSink {
             fs::create_dir_all(parent)
                 .map_err(|e| options.error(format!("{}: {e}", parent.display())))?;
         }
+        let hangups = match tokio::runtime::Handle::try_current() {
+            Ok(_) => Some(
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .map_err(|e| options.error(format!("cannot listen for SIGHUP: {e}")))?,
+            ),
+            Err(_) => None,
+        };
         Ok(Self {
             state: Some(State {
                 path,
@@ -52,6 +62,7 @@ impl FileSink {
                 max_files,
             }),
             encoding,
+            hangups,
         })
     }
 }
@@ -149,6 +160,13 @@ impl Sink for FileSink {
             .state
             .take()
             .expect("the state is put back after each batch");
+        if let Some(hangups) = &mut self.hangups {
+            use futures::FutureExt as _;
+            // Signals that came together are one.
+            while let Some(Some(())) = hangups.recv().now_or_never() {
+                state.file = None;
+            }
+        }
         let (state, result) = tokio::task::spawn_blocking(move || {
             let result = state.write(&lines);
             (state, result)
