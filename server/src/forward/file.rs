@@ -29,6 +29,8 @@ struct State {
     path: PathBuf,
     file: Option<File>,
     size: u64,
+    /// Where the batch being written began in the current file (0 after a rotation).
+    batch_start: u64,
     max_size: Option<u64>,
     max_files: usize,
 }
@@ -58,6 +60,7 @@ impl FileSink {
                 path,
                 file: None,
                 size: 0,
+                batch_start: 0,
                 max_size,
                 max_files,
             }),
@@ -103,19 +106,21 @@ impl State {
         fs::rename(&self.path, self.rotated(1))?;
         sync_dir(&self.path)?;
         self.open()?;
+        // What the batch wrote before is whole and synced in the rotated file.
+        self.batch_start = 0;
         Ok(())
     }
 
     fn write(&mut self, lines: &[String]) -> io::Result<()> {
         self.open()?;
-        let start = self.size;
+        self.batch_start = self.size;
         let result = self.write_lines(lines);
         if result.is_err()
             && let Some(file) = &self.file
         {
-            // Cut a partly written line off, so that the retry starts on a line boundary.
-            if start <= self.size && file.set_len(start).is_ok() {
-                self.size = start;
+            // Cut the batch off the current file, so that the retry starts on a line boundary.
+            if file.set_len(self.batch_start).is_ok() {
+                self.size = self.batch_start;
             } else {
                 self.file = None;
             }
