@@ -62,6 +62,10 @@ impl AuditServer {
     /// Also builds the forwarders (`--forward`, `--config`): a bad one fails the start, named.
     pub fn open(config: Config) -> Result<Self, Error> {
         let policy = config.policy.as_deref().map(Policy::load).transpose()?;
+        let mut forwards = config.forward.clone();
+        if let Some(path) = &config.config {
+            forwards.extend(config_file::load(path)?);
+        }
         let denials = access::DenialLimits {
             per_second: config.max_denied_per_second,
             per_identity_per_second: config.max_denied_per_identity_per_second,
@@ -78,10 +82,6 @@ impl AuditServer {
                 max_wal_bytes: limits.max_wal_bytes,
             },
         )?;
-        let mut forwards = config.forward.clone();
-        if let Some(path) = &config.config {
-            forwards.extend(config_file::load(path)?);
-        }
         let forwarders = forward::prepare(
             &forwards,
             &store,
