@@ -1,5 +1,5 @@
 //! Audit entries as text for people and for the SIEMs and log pipelines they use: KrakenD-style
-//! templates, httpd-like lines, CEF, OCSF, ECS and logstash JSON. One module shared by the CLI
+//! templates, httpd-like lines, CEF, OCSF, ECS and logstash JSON, and RFC 5424 syslog messages. One module shared by the CLI
 //! and the server's forwarders, so that a format means the same everywhere.
 //!
 //! Every format escapes for its own context (see each module): no entry can make any format
@@ -12,6 +12,7 @@ pub mod escape;
 pub mod field;
 pub mod json;
 pub mod json_layouts;
+pub mod syslog;
 pub mod template;
 pub mod timefmt;
 

@@ -80,6 +80,16 @@ pub struct Config {
     /// The web console, off by default.
     #[command(flatten)]
     pub web: WebConfig,
+    /// A forwarder, `NAME=URL` (repeatable): `syslog+udp://HOST:PORT`, `syslog+tcp://…`,
+    /// `syslog+tls://…`, `http(s)://HOST:PORT/PATH` or `file:///PATH`, options as query
+    /// parameters (`?format=cef&facility=local3`). See the README, "Shipping to a SIEM".
+    #[arg(long = "forward", value_name = "NAME=URL", value_parser = crate::forward::parse_flag)]
+    pub forward: Vec<crate::forward::ForwardSpec>,
+
+    /// Configuration file (TOML) with `[[forward]]` tables: `name`, `url`, `format`, `filter`
+    /// (the fields of `Filter`) and the forwarder's options.
+    #[arg(long, env = "AUDIT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// How connections are accepted, kept and closed.
     #[command(flatten)]

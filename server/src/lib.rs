@@ -9,8 +9,10 @@
 pub mod access;
 mod codec_status;
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod evidence;
+pub mod forward;
 pub mod guard;
 pub mod hub;
 pub mod listen;
@@ -39,6 +41,9 @@ use policy::Policy;
 use service::AuditService;
 use store::{Log, Store};
 
+/// How long after its grace period a forwarder whose receiver holds a batch is stopped anyway.
+const FORWARDER_HARD_STOP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Service names whose health follows the store: the server as a whole and the audit service.
 const HEALTH_SERVICES: [&str; 2] = ["", audit_proto::SERVICE_NAME];
 
@@ -49,13 +54,20 @@ pub struct AuditServer {
     store: Log,
     access: Arc<Access>,
     web: Option<web::WebListener>,
+    forwarders: forward::Prepared<Log>,
 }
 
 impl AuditServer {
     /// Loads the policy and opens the store in `config.data_dir`: fails at once if the policy
     /// is invalid, or the store cannot be written or another server holds it.
+    ///
+    /// Also builds the forwarders (`--forward`, `--config`): a bad one fails the start, named.
     pub fn open(config: Config) -> Result<Self, Error> {
         let policy = config.policy.as_deref().map(Policy::load).transpose()?;
+        let mut forwards = config.forward.clone();
+        if let Some(path) = &config.config {
+            forwards.extend(config_file::load(path)?);
+        }
         let denials = access::DenialLimits {
             per_second: config.max_denied_per_second,
             per_identity_per_second: config.max_denied_per_identity_per_second,
@@ -89,12 +101,20 @@ impl AuditServer {
                 store::postgres::open(settings, key_dir, &log)?
             }
         };
+        let forwarders = forward::prepare(
+            &forwards,
+            &store,
+            &config.data_dir,
+            &limits,
+            config.connections.shutdown_grace,
+        )?;
         Ok(Self {
             limits,
             connections: config.connections,
             store,
             access,
             web,
+            forwarders,
         })
     }
 
@@ -116,6 +136,7 @@ impl AuditServer {
             store,
             access,
             web,
+            forwarders,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         // Health is known before the first connection is served, not shortly after.
@@ -179,11 +200,15 @@ impl AuditServer {
                 guard::RefusalRecorder::new(store.clone(), limits.clone()),
             ));
         let (listeners, socket_file) = listeners.into_parts();
+        let shutdown_grace = connections.shutdown_grace;
+        let forwarders = forwarders.start();
         serve::serve(listeners, service, connections, stopping).await;
         if let Some(console) = console {
             let _ = console.await;
         }
         drop(socket_file);
+        // Writes are over: forwarders deliver what is committed, then the store closes.
+        forwarders.stop(shutdown_grace + FORWARDER_HARD_STOP).await;
         store.close().await;
         tracing::info!("server stopped");
         Ok(())

@@ -390,4 +390,61 @@ impl Drop for PostgresDatabase {
         })
         .join();
     }
+/// Runs `audit-server` with `args` (and a fresh data directory), expecting it to refuse to
+/// start: returns what it wrote on stderr. Fails if it became ready instead.
+pub async fn start_failure(args: &[&str]) -> String {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let output = tokio::time::timeout(
+        PATIENCE,
+        Command::new(binary("audit-server"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(temp.path().join("data"))
+            .args(args)
+            .env("AUDIT_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("audit-server exited in time")
+    .expect("run audit-server");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success() && !stdout.contains("audit-server ready"),
+        "audit-server started with {args:?}"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Waits until `check` holds, polling every 50 ms for at most [`PATIENCE`]; fails with `what`.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A data directory holding `total` entries (a multiple of 100), written by a server that has
+/// stopped since, so that a forwarder started on it has every one still to deliver.
+pub async fn prefilled(total: u64) -> (TempDir, PathBuf) {
+    let mut server = TestServer::start().await;
+    let client = server.client().await;
+    for chunk in 0..total / 100 {
+        let entries = (0..100).map(|i| {
+            entry("app", "/a.B/C")
+                .resource(format!("{}", chunk * 100 + i))
+                .build()
+        });
+        client.record_batch("", entries).await.unwrap();
+    }
+    let temp = server.keep_data_dir().expect("a temporary data directory");
+    let data_dir = server.data_dir.clone();
+    assert!(server.stop().await.success());
+    (temp, data_dir)
 }
