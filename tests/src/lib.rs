@@ -390,6 +390,8 @@ impl Drop for PostgresDatabase {
         })
         .join();
     }
+}
+
 /// Runs `audit-server` with `args` (and a fresh data directory), expecting it to refuse to
 /// start: returns what it wrote on stderr. Fails if it became ready instead.
 pub async fn start_failure(args: &[&str]) -> String {
