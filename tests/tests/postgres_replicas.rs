@@ -249,3 +249,52 @@ async fn a_subscriber_gets_everything_when_notifications_are_lost() {
     let entries = take_entries(&mut subscription, 150).await;
     check_log(&entries, &acked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reaches_postgresql_over_tls_and_checks_its_certificate() {
+    let db = PostgresDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = shared_key(dir.path());
+    // The database server's own certificate (PostgreSQL on Debian: a self-signed one for
+    // `localhost`) is the root to trust; `hostaddr` connects by address, `host` names it.
+    let rows = db
+        .query("SELECT current_setting('ssl'), current_setting('ssl_cert_file')")
+        .await;
+    let (ssl, cert_file): (String, String) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(ssl, "on", "the test PostgreSQL serves TLS");
+    let name = db.url.rsplit('/').next().unwrap();
+    let tls_url = format!(
+        "postgres://postgres@localhost:5432/{name}?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={cert_file}"
+    );
+    let server = TestServer::start_with_args(&["--store", &tls_url, "--signing-key", &key]).await;
+    let client = server.client().await;
+    let acked = record(client.clone(), "tls".into(), 10).await;
+    check_log(&all_entries(&client).await, &acked);
+    let encrypted: i64 = db
+        .query(&format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = '{name}' AND a.application_name LIKE 'audit-server%' AND s.ssl"
+        ))
+        .await[0]
+        .get(0);
+    let all: i64 = db
+        .query(&format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND application_name LIKE 'audit-server%'"
+        ))
+        .await[0]
+        .get(0);
+    assert!(
+        encrypted >= 2 && encrypted == all,
+        "{encrypted} of {all} connections use TLS"
+    );
+    server.kill().await;
+
+    // A root that did not sign the database's certificate: the replica refuses to start.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let other_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_file, other.cert.pem()).unwrap();
+    let wrong = tls_url.replace(&cert_file, &other_file.display().to_string());
+    let stderr = audit_tests::start_failure(&["--store", &wrong, "--signing-key", &key]).await;
+    assert!(stderr.contains("cannot reach PostgreSQL"), "{stderr}");
+}

@@ -121,10 +121,14 @@ impl Log {
         let (tip, writable) = match verified {
             Some(verified) => {
                 let mut tip = verified.tip;
+                let mut signed = None;
                 if verified.sign_now {
-                    tip = super::writer::sign_at_start(backend.as_mut(), &signer, tip)?;
+                    let (signed_tip, checkpoint) =
+                        super::writer::sign_at_start(backend.as_mut(), &signer, tip)?;
+                    tip = signed_tip;
+                    signed = Some(checkpoint);
                 }
-                signer.committed(&tip, None);
+                signer.committed(&tip, signed.as_ref());
                 (tip, writable)
             }
             None => (super::backend::Tip::empty(), false),
@@ -198,9 +202,7 @@ impl Log {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-        // Dropped off the async threads: a PostgreSQL connection stops a runtime of its own.
-        let readers = std::mem::take(&mut *self.inner.readers.connections.lock().expect("pool"));
-        let _ = tokio::task::spawn_blocking(move || drop(readers)).await;
+        self.inner.readers.close().await;
         let follower = self.inner.follower.lock().expect("follower lock").take();
         if let Some((stop, thread)) = follower {
             stop.store(true, Ordering::SeqCst);
@@ -344,6 +346,7 @@ impl Store for Log {
 struct Readers {
     connections: Arc<Mutex<Vec<Box<dyn Reader>>>>,
     permits: Semaphore,
+    count: usize,
 }
 
 impl Readers {
@@ -354,7 +357,19 @@ impl Readers {
         Ok(Self {
             connections: Arc::new(Mutex::new(connections)),
             permits: Semaphore::new(count),
+            count,
         })
+    }
+
+    /// Waits for the reads in progress, refuses later ones (`ShuttingDown`), and closes the
+    /// connections off the async threads (a PostgreSQL connection stops a runtime of its own).
+    async fn close(&self) {
+        if let Ok(all) = self.permits.acquire_many(self.count as u32).await {
+            all.forget();
+        }
+        self.permits.close();
+        let readers = std::mem::take(&mut *self.connections.lock().expect("reader pool lock"));
+        let _ = tokio::task::spawn_blocking(move || drop(readers)).await;
     }
 
     /// Takes a connection outside the async path (at open, before any reader runs).

@@ -463,13 +463,3 @@ impl Reader for MemoryReader {
         Ok(Ok(()))
     }
 }
-
-/// Opens a log on `db` with a signing key that needs no file.
-pub fn open(
-    db: &MemoryDatabase,
-    shared: bool,
-    key: audit_ledger::SigningKey,
-    options: &super::engine::Options,
-) -> Result<super::Log, Error> {
-    super::Log::open(db.backend(shared), key, true, false, options)
-}

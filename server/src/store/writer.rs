@@ -96,8 +96,13 @@ pub struct Writer {
     health: Health,
 }
 
-/// Signs a checkpoint of the log at start-up in a transaction of its own; returns the tip.
-pub fn sign_at_start(backend: &mut dyn Backend, signer: &Signer, tip: Tip) -> Result<Tip, Error> {
+/// Signs a checkpoint of the log at start-up in a transaction of its own; returns the tip and
+/// the checkpoint.
+pub fn sign_at_start(
+    backend: &mut dyn Backend,
+    signer: &Signer,
+    tip: Tip,
+) -> Result<(Tip, NewCheckpoint), Error> {
     let failed = |e: BackendError| Error::StoreFailed(format!("signing at start-up: {e}"));
     let mut tip = backend.begin().map_err(failed)?.unwrap_or(tip);
     let checkpoint = signer.sign(&tip);
@@ -110,7 +115,7 @@ pub fn sign_at_start(backend: &mut dyn Backend, signer: &Signer, tip: Tip) -> Re
         return Err(failed(error));
     }
     tracing::info!(size = tip.sequence, "signed a checkpoint at start-up");
-    Ok(tip)
+    Ok((tip, checkpoint))
 }
 
 impl Writer {

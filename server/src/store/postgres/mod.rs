@@ -16,6 +16,7 @@
 
 mod read;
 mod schema;
+mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ use crate::error::Error;
 use crate::validate::timestamp_nanos;
 
 /// How a replica reaches the database: `--store postgres://USER@HOST:PORT/DB?options`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// The connection string without this server's own options.
     config: postgres::Config,
@@ -44,11 +45,31 @@ pub struct Settings {
     pub statement_timeout: Duration,
     /// How often the head is polled besides notifications (`poll_interval`, default 200 ms).
     pub poll_interval: Duration,
+    /// TLS, when `sslmode` asks for it.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for Settings {
+    // By hand: never the password, and the TLS connector only as on or off.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("user", &self.config.get_user())
+            .field("hosts", &self.config.get_hosts())
+            .field("ports", &self.config.get_ports())
+            .field("dbname", &self.config.get_dbname())
+            .field("tls", &self.tls.is_some())
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
 }
 
 impl Settings {
-    /// Parses a `postgres://` URL. Besides libpq's `connect_timeout` (seconds, default 5) and
-    /// `application_name`, it takes `pool_size`, `statement_timeout` and `poll_interval`.
+    /// Parses a `postgres://` URL. Besides libpq's `connect_timeout` (seconds, default 5),
+    /// `application_name`, `sslmode` (`disable`, `require`, `verify-ca`, `verify-full`),
+    /// `sslrootcert`, `sslcert` and `sslkey`, it takes `pool_size`, `statement_timeout` and
+    /// `poll_interval`.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let bad = |what: String| Error::Config(format!("--store: {what}"));
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
@@ -56,6 +77,7 @@ impl Settings {
         let mut statement_timeout = Duration::from_secs(30);
         let mut poll_interval = Duration::from_millis(200);
         let mut passed = Vec::new();
+        let mut tls_options = tls::TlsOptions::default();
         let duration = |name: &str, value: &str| {
             crate::config::parse_duration(value).map_err(|e| bad(format!("{name}={value}: {e}")))
         };
@@ -72,14 +94,12 @@ impl Settings {
                 }
                 "statement_timeout" => statement_timeout = duration(name, value)?,
                 "poll_interval" => poll_interval = duration(name, value)?,
-                "sslmode" if value != "disable" => {
-                    return Err(bad(format!(
-                        "sslmode={value}: TLS to PostgreSQL is not supported by this build; \
-                         use sslmode=disable on a trusted network or a local socket"
-                    )));
-                }
-                "connect_timeout" | "application_name" | "sslmode" | "user" | "password"
-                | "dbname" | "host" | "port" => passed.push(pair),
+                "sslmode" => tls_options.mode = tls::Mode::parse(value).map_err(bad)?,
+                "sslrootcert" => tls_options.root_cert = Some(value.into()),
+                "sslcert" => tls_options.cert = Some(value.into()),
+                "sslkey" => tls_options.key = Some(value.into()),
+                "connect_timeout" | "application_name" | "user" | "password" | "dbname"
+                | "host" | "hostaddr" | "port" => passed.push(pair),
                 other => return Err(bad(format!("unknown option `{other}`"))),
             }
         }
@@ -96,7 +116,12 @@ impl Settings {
         if config.get_application_name().is_none() {
             config.application_name("audit-server");
         }
+        let tls = tls::connector(&tls_options)?;
+        if tls.is_some() {
+            config.ssl_mode(postgres::config::SslMode::Require);
+        }
         Ok(Settings {
+            tls,
             config,
             pool_size,
             statement_timeout,
@@ -111,7 +136,10 @@ impl Settings {
         let name = config.get_application_name().unwrap_or("audit-server");
         let name = format!("{name} {role}");
         config.application_name(&name);
-        let mut client = config.connect(NoTls)?;
+        let mut client = match &self.tls {
+            Some(tls) => config.connect(tls.clone())?,
+            None => config.connect(NoTls)?,
+        };
         let millis = self.statement_timeout.as_millis();
         client.batch_execute(&format!("SET statement_timeout = {millis}"))?;
         Ok(client)
