@@ -140,8 +140,13 @@ impl Settings {
             Some(tls) => config.connect(tls.clone())?,
             None => config.connect(NoTls)?,
         };
+        // A replica that stops answering while it holds the tip's lock (a network partition, a
+        // frozen process) must not hold the other replicas' writes for longer than a statement
+        // may run.
         let millis = self.statement_timeout.as_millis();
-        client.batch_execute(&format!("SET statement_timeout = {millis}"))?;
+        client.batch_execute(&format!(
+            "SET statement_timeout = {millis}; SET idle_in_transaction_session_timeout = {millis}"
+        ))?;
         Ok(client)
     }
 }
