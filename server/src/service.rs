@@ -352,3 +352,158 @@ pub async fn query<S: Store>(
         next_page_token,
     })
 }
+
+/// The service driven in-process over the memory backend: no files, no processes, no sockets.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use audit_proto::pb::audit_service_server::AuditService as _;
+    use audit_proto::pb::{self, Filter};
+    use tokio_stream::StreamExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::access::DenialLimits;
+    use crate::store::memory::MemoryDatabase;
+    use crate::store::{Checkpointing, Log, StartupCheck, engine};
+
+    fn service(db: &MemoryDatabase) -> (AuditService<Log>, Log) {
+        let options = engine::Options {
+            max_pending_bytes: 1 << 20,
+            max_group_entries: 64,
+            read_connections: 1,
+            checkpointing: Checkpointing {
+                signing_key: None,
+                log_name: "test".into(),
+                every_entries: 100,
+                interval: Duration::from_secs(600),
+                copy_dir: None,
+                startup_check: StartupCheck::Full,
+            },
+        };
+        let key = audit_ledger::SigningKey::generate("test").unwrap();
+        let log = Log::open(db.backend(true), key, true, false, &options).expect("open");
+        let limits = Arc::new(Limits::default());
+        let hub = Hub::new(
+            log.clone(),
+            8,
+            Duration::from_secs(60),
+            1 << 20,
+            CancellationToken::new(),
+        );
+        let access = Arc::new(Access::new(
+            None,
+            DenialLimits {
+                per_second: 10,
+                per_identity_per_second: 10,
+            },
+        ));
+        (AuditService::new(log.clone(), hub, limits, access), log)
+    }
+
+    /// A request as the serve loop hands it over from a plaintext loopback connection.
+    fn request<T>(message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some("127.0.0.1:40000".parse().unwrap()),
+            });
+        request
+    }
+
+    fn entry(resource: &str) -> pb::AuditEntry {
+        pb::AuditEntry {
+            source: "billing".into(),
+            method: "/billing.v1.Billing/Charge".into(),
+            outcome: pb::Outcome::Success as i32,
+            resource: resource.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_queries_and_streams_and_maps_store_errors_to_grpc() {
+        let db = MemoryDatabase::new();
+        let (service, log) = service(&db);
+        let mut stream = service
+            .subscribe(request(pb::SubscribeRequest::default()))
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let one = service
+            .record(request(pb::RecordRequest {
+                entry: Some(entry("a")),
+            }))
+            .await
+            .expect("record")
+            .into_inner();
+        assert_eq!(one.sequence, 1);
+        let batch = service
+            .record_batch(request(pb::RecordBatchRequest {
+                request_id: "r-1".into(),
+                entries: vec![entry("b"), entry("c")],
+            }))
+            .await
+            .expect("batch")
+            .into_inner();
+        assert_eq!(batch.sequences, [2, 3]);
+        let page = service
+            .query(request(pb::QueryRequest {
+                filter: Some(Filter {
+                    request_id: "r-1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .await
+            .expect("query")
+            .into_inner();
+        let resources: Vec<_> = page.entries.iter().map(|e| e.resource.as_str()).collect();
+        assert_eq!(resources, ["b", "c"]);
+        let mut streamed = Vec::new();
+        while streamed.len() < 3 {
+            let message = stream.next().await.expect("open").expect("message");
+            if let Some(pb::subscribe_response::Message::Entry(entry)) = message.message {
+                streamed.push(entry.sequence);
+            }
+        }
+        assert_eq!(streamed, [1, 2, 3]);
+
+        // The same id with other content; then the database down, then back.
+        let mut retried = entry("d");
+        retried.id = batch.ids[0].clone();
+        let conflict = service
+            .record(request(pb::RecordRequest {
+                entry: Some(retried),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
+        db.set_up(false);
+        let down = service
+            .record(request(pb::RecordRequest {
+                entry: Some(entry("e")),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+        db.set_up(true);
+        let mut writable = log.writable();
+        tokio::time::timeout(Duration::from_secs(10), writable.wait_for(|w| *w))
+            .await
+            .expect("recovers")
+            .expect("writable");
+        let after = service
+            .record(request(pb::RecordRequest {
+                entry: Some(entry("f")),
+            }))
+            .await
+            .expect("record after recovery")
+            .into_inner();
+        assert_eq!(after.sequence, 4, "nothing of the refused write was stored");
+        log.close().await;
+    }
+}
