@@ -131,6 +131,34 @@ pub fn condition(filter: &Filter, dialect: Dialect) -> Condition {
     c
 }
 
+/// The statement answering `read` in `dialect` (`sequence, entry, entry_hash, chain_hash`
+/// rows, one more than the limit so that a full page knows it is not the last), and its
+/// parameters.
+pub fn page_query(read: &super::Read, dialect: Dialect) -> (String, Vec<Value>) {
+    use super::Direction;
+    let filter = condition(&read.filter, dialect);
+    let mut params = filter.params;
+    let (bound, order) = match read.direction {
+        Direction::Ascending { after } => {
+            params.push(Value::Integer(after as i64));
+            ("sequence > ?", "ASC")
+        }
+        Direction::Descending { before } => {
+            params.push(Value::Integer(before.unwrap_or(u64::MAX >> 1) as i64));
+            ("sequence < ?", "DESC")
+        }
+    };
+    params.push(Value::Integer(read.through as i64));
+    params.push(Value::Integer(read.limit as i64 + 1));
+    let sql = format!(
+        "SELECT sequence, entry, entry_hash, chain_hash FROM entries \
+         WHERE {} AND {bound} AND sequence <= ? \
+         ORDER BY sequence {order} LIMIT ?",
+        filter.sql
+    );
+    (sql, params)
+}
+
 /// The caller's principal and SPIFFE ID: the columns the `principal` and `spiffe_id` filters
 /// read.
 pub fn caller_identity(entry: &AuditEntry) -> (&str, &str) {

@@ -11,8 +11,8 @@ use super::{Settings, schema};
 use crate::error::Error;
 use crate::store::aggregate::{BucketCount, StatsSql, ValueCount};
 use crate::store::backend::{Reader, StoredEntry, hash_or_zeros};
-use crate::store::filter::{Dialect, Value, condition};
-use crate::store::{Direction, Page, Read, StartupCheck, Stats, StatsQuery, StoredCheckpoint};
+use crate::store::filter::{Dialect, Value, page_query};
+use crate::store::{Page, Read, StartupCheck, Stats, StatsQuery, StoredCheckpoint};
 
 /// A read connection to the database.
 pub struct PostgresReader {
@@ -117,26 +117,7 @@ fn checkpoint_row(row: &postgres::Row) -> StoredCheckpoint {
 
 impl Reader for PostgresReader {
     fn read(&mut self, read: &Read) -> Result<Page, Error> {
-        let filter = condition(&read.filter, Dialect::Postgres);
-        let mut params = filter.params;
-        let (bound, order) = match read.direction {
-            Direction::Ascending { after } => {
-                params.push(Value::Integer(after as i64));
-                ("sequence > ?", "ASC")
-            }
-            Direction::Descending { before } => {
-                params.push(Value::Integer(before.unwrap_or(u64::MAX >> 1) as i64));
-                ("sequence < ?", "DESC")
-            }
-        };
-        params.push(Value::Integer(read.through as i64));
-        params.push(Value::Integer(read.limit as i64 + 1));
-        let sql = format!(
-            "SELECT sequence, entry, entry_hash, chain_hash FROM entries \
-             WHERE {} AND {bound} AND sequence <= ? \
-             ORDER BY sequence {order} LIMIT ?",
-            filter.sql
-        );
+        let (sql, params) = page_query(read, Dialect::Postgres);
         let rows = self.query_values(&sql, params)?;
         let mut page = Page::builder(read);
         for row in &rows {
