@@ -11,59 +11,29 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt;
 
 use crate::config::ConnectionLimits;
 use crate::error::Error;
+use crate::serve::tls::{ClientCertificates, server_acceptor};
 
 /// The console's TLS acceptor. With `client_ca`, a browser may present a certificate from it
 /// (its SPIFFE ID is then its identity); browsers without one are still served, so that they
 /// can use a bearer token.
 pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, Error> {
-    let fail = |path: &Path, what: &str| {
-        Error::Config(format!("web console TLS {}: {what}", path.display()))
-    };
-    let certificates = |path: &Path| {
-        let chain = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| fail(path, &e.to_string()))?;
-        if chain.is_empty() {
-            return Err(fail(path, "no certificate in the file"));
-        }
-        Ok(chain)
-    };
-    let builder = ServerConfig::builder();
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in certificates(ca)? {
-                roots
-                    .add(certificate)
-                    .map_err(|e| fail(ca, &e.to_string()))?;
-            }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| fail(ca, &e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| fail(key, &e.to_string()))?;
-    let mut config = builder
-        .with_single_cert(certificates(cert)?, private_key)
-        .map_err(|e| fail(cert, &e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let client_ca = client_ca.map(|ca| (ca, ClientCertificates::Optional));
+    server_acceptor(
+        "web console TLS",
+        cert,
+        key,
+        client_ca,
+        &[b"h2", b"http/1.1"],
+    )
 }
 
 /// Serves `router` on `listener` until `stop`; then lets open requests finish (live tails end

@@ -121,13 +121,7 @@ fn file_error(path: &Path, what: &str) -> Error {
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certificates = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| file_error(path, &e.to_string()))?;
-    if certificates.is_empty() {
-        return Err(file_error(path, "no certificate in the file"));
-    }
-    Ok(certificates)
+    crate::serve::tls::certificates(path).map_err(|e| file_error(path, &e))
 }
 
 /// `sslmode=require`: encrypts, and checks only that the handshake is signed by the key of the
