@@ -2,6 +2,7 @@
 //! grants the permission the call needs, and the entry that records a refusal.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ pub struct Access {
     policy: Option<Policy>,
     budget: Mutex<DenialBudget>,
     clock: Clock,
+    /// Refusals so far: recorded as DENIED entries, and over the recording budget.
+    denied_recorded: AtomicU64,
+    denied_unrecorded: AtomicU64,
 }
 
 /// Where [`Access`] reads the time for its recording budget: [`Instant::now`] in the server, a
@@ -112,6 +116,8 @@ impl Access {
             policy,
             budget: Mutex::new(DenialBudget::new(limits, now)),
             clock,
+            denied_recorded: AtomicU64::new(0),
+            denied_unrecorded: AtomicU64::new(0),
         }
     }
 
@@ -180,11 +186,24 @@ impl Access {
         let entry = self
             .within_budget(&peer)
             .then(|| denied_entry(&peer, method, permission, &refusal));
+        let count = match entry {
+            Some(_) => &self.denied_recorded,
+            None => &self.denied_unrecorded,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
         Box::new(Refusal {
             peer,
             status: refusal,
             entry,
         })
+    }
+
+    /// Refusals so far: `(recorded, over the budget)`.
+    pub fn denied(&self) -> (u64, u64) {
+        (
+            self.denied_recorded.load(Ordering::Relaxed),
+            self.denied_unrecorded.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether another refusal of `peer` may be recorded in this window.

@@ -80,6 +80,13 @@ pub struct Config {
     /// The web console, off by default.
     #[command(flatten)]
     pub web: WebConfig,
+
+    /// Address to serve Prometheus metrics on (`GET /metrics`, plain HTTP), e.g.
+    /// `127.0.0.1:9464`; off by default. Scrapes are not audited and pass no policy: bind it
+    /// where only the monitoring system reaches it.
+    #[arg(long, env = "AUDIT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// A forwarder, `NAME=URL` (repeatable): `syslog+udp://HOST:PORT`, `syslog+tcp://…`,
     /// `syslog+tls://…`, `http(s)://HOST:PORT/PATH` or `file:///PATH`, options as query
     /// parameters (`?format=cef&facility=local3`). See the README, "Shipping to a SIEM".

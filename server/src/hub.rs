@@ -2,7 +2,8 @@
 //! from the store, woken by the committed head. Writers never wait for subscribers; a slow
 //! subscriber only delays its own cursor, and catches up from the store.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use audit_proto::pb::{Filter, Heartbeat, SubscribeResponse, subscribe_response};
@@ -33,6 +34,26 @@ pub struct Hub<S> {
     heartbeat_interval: Duration,
     max_read_bytes: usize,
     shutdown: CancellationToken,
+    /// The position of every running cursor (dead ones are pruned as new ones start).
+    positions: Arc<Mutex<Vec<Weak<AtomicU64>>>>,
+}
+
+impl<S> Hub<S> {
+    /// Subscriptions running now.
+    pub fn subscribers(&self) -> usize {
+        self.max_subscribers
+            .saturating_sub(self.slots.available_permits())
+    }
+
+    /// The position of the subscriber furthest behind, if any runs.
+    pub fn slowest_position(&self) -> Option<u64> {
+        let positions = self.positions.lock().expect("positions lock");
+        positions
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|p| p.load(Ordering::Relaxed))
+            .min()
+    }
 }
 
 impl<S: Store + Clone> Hub<S> {
@@ -51,6 +72,7 @@ impl<S: Store + Clone> Hub<S> {
             heartbeat_interval,
             max_read_bytes,
             shutdown,
+            positions: Arc::default(),
         }
     }
 
@@ -63,6 +85,13 @@ impl<S: Store + Clone> Hub<S> {
             ))
         })?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let shared_position = Arc::new(AtomicU64::new(after));
+        {
+            let mut positions = self.positions.lock().expect("positions lock");
+            // Bounded by the subscriber cap: the dead are dropped before one is added.
+            positions.retain(|p| p.strong_count() > 0);
+            positions.push(Arc::downgrade(&shared_position));
+        }
         let cursor = Cursor {
             store: self.store.clone(),
             filter,
@@ -71,6 +100,7 @@ impl<S: Store + Clone> Hub<S> {
             heartbeat_interval: self.heartbeat_interval,
             max_read_bytes: self.max_read_bytes,
             shutdown: self.shutdown.clone(),
+            shared_position,
             _slot: permit,
         };
         tokio::spawn(cursor.run());
@@ -88,6 +118,8 @@ struct Cursor<S> {
     heartbeat_interval: Duration,
     max_read_bytes: usize,
     shutdown: CancellationToken,
+    /// `position`, as the hub's metrics read it.
+    shared_position: Arc<AtomicU64>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -157,11 +189,13 @@ impl<S: Store> Cursor<S> {
                 }))
                 .await?;
                 self.position = sequence;
+                self.shared_position.store(sequence, Ordering::Relaxed);
                 sent = true;
             }
             if page.exhausted {
                 self.position = through;
             }
+            self.shared_position.store(self.position, Ordering::Relaxed);
         }
         Ok(sent)
     }

@@ -16,6 +16,7 @@ pub mod forward;
 pub mod guard;
 pub mod hub;
 pub mod listen;
+pub mod metrics;
 mod page_token;
 pub mod policy;
 pub mod serve;
@@ -55,6 +56,7 @@ pub struct AuditServer {
     access: Arc<Access>,
     web: Option<web::WebListener>,
     forwarders: forward::Prepared<Log>,
+    metrics: Option<(metrics::MetricsListener, Arc<metrics::Metrics>)>,
 }
 
 impl AuditServer {
@@ -73,6 +75,7 @@ impl AuditServer {
             per_identity_per_second: config.max_denied_per_identity_per_second,
         };
         let web = web::WebListener::bind(&config.web)?;
+        let metrics_listener = metrics::MetricsListener::bind(config.metrics_listen)?;
         let access = Arc::new(Access::new(policy, denials));
         let limits = Arc::new(config.limits);
         let log = store::engine::Options {
@@ -108,6 +111,11 @@ impl AuditServer {
             &limits,
             config.connections.shutdown_grace,
         )?;
+        let metrics = metrics_listener.map(|listener| {
+            let metrics = metrics::Metrics::new(access.clone());
+            store.observe(metrics.clone());
+            (listener, metrics)
+        });
         Ok(Self {
             limits,
             connections: config.connections,
@@ -115,12 +123,20 @@ impl AuditServer {
             access,
             web,
             forwarders,
+            metrics,
         })
     }
 
     /// What the web console listens on (`web http://127.0.0.1:8080`), if it is on.
     pub fn describe_web(&self) -> Option<String> {
         self.web.as_ref().map(web::WebListener::describe)
+    }
+
+    /// What the metrics listener listens on (`metrics http://127.0.0.1:9464`), if it is on.
+    pub fn describe_metrics(&self) -> Option<String> {
+        self.metrics
+            .as_ref()
+            .map(|(listener, _)| listener.describe())
     }
 
     /// Serves gRPC on every listener until `shutdown` completes; then stops accepting, ends
@@ -137,6 +153,7 @@ impl AuditServer {
             access,
             web,
             forwarders,
+            metrics,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         // Health is known before the first connection is served, not shortly after.
@@ -167,6 +184,11 @@ impl AuditServer {
                 web::Console::new(store.clone(), hub.clone(), limits.clone(), access.clone());
             tokio::spawn(web.serve(console, connections.clone(), stopping.clone()))
         });
+        let metrics = metrics.map(|(listener, metrics)| {
+            metrics.watch(store.clone(), hub.clone(), forwarders.stats());
+            tokio::spawn(listener.serve(metrics.clone(), stopping.clone()));
+            metrics
+        });
         let audit = AuditServiceServer::new(AuditService::new(
             store.clone(),
             hub,
@@ -193,6 +215,7 @@ impl AuditServer {
             .add_service(reflection_v1alpha)
             .add_service(audit);
         let service = tower::ServiceBuilder::new()
+            .layer_fn(|inner| metrics::Counted::new(inner, metrics.clone()))
             .map_response(codec_status::contract_status::<tonic::body::Body>)
             .service(guard::Guarded::new(
                 routes,

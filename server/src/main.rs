@@ -48,6 +48,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             .describe()
             .into_iter()
             .chain(server.describe_web())
+            .chain(server.describe_metrics())
         {
             writeln!(stdout, "audit-server listening on {listener}")?;
             tracing::info!(%listener, data_dir = %data_dir.display(), "listening");

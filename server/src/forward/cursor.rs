@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use audit_proto::pb::Filter;
@@ -69,6 +70,27 @@ pub trait Sink: Send + 'static {
     fn send(&mut self, items: &[Item]) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
+/// What a running forwarder shows its metrics.
+#[derive(Debug)]
+pub struct ForwarderStats {
+    /// Every matching entry up to this sequence was acknowledged; `u64::MAX` until known.
+    pub position: AtomicU64,
+    /// Deliveries that failed (retried or halting).
+    pub errors: AtomicU64,
+    /// Whether the forwarder halted (it delivers nothing more until restarted).
+    pub halted: AtomicBool,
+}
+
+impl Default for ForwarderStats {
+    fn default() -> Self {
+        Self {
+            position: AtomicU64::new(u64::MAX),
+            errors: AtomicU64::new(0),
+            halted: AtomicBool::new(false),
+        }
+    }
+}
+
 /// A forwarder's cursor and its settings.
 pub struct Cursor<S, K> {
     /// The forwarder's name.
@@ -102,6 +124,8 @@ pub struct Cursor<S, K> {
     /// The checkpoint index as last saved (`None` until saved), so that it is written again
     /// only when it changes: most batches hold no checkpoint.
     pub saved_checkpoint_index: Option<u64>,
+    /// Position, errors and halt, for metrics.
+    pub stats: Arc<ForwarderStats>,
 }
 
 /// The key under which the checkpoint index of forwarder `name` is saved.
@@ -135,12 +159,15 @@ impl<S: Store, K: Sink> Cursor<S, K> {
             Stop::Done => {
                 tracing::info!(forwarder = %self.name, position = self.position, "forwarder stopped")
             }
-            Stop::Halted(error) => tracing::error!(
+            Stop::Halted(error) => {
+                self.stats.halted.store(true, Ordering::Relaxed);
+                tracing::error!(
                 forwarder = %self.name,
                 position = self.position,
                 %error,
                 "forwarder halted: nothing after its position is delivered until it is fixed and the server restarted"
-            ),
+                )
+            }
         }
     }
 
@@ -203,10 +230,12 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                 }
                 next_poll = Instant::now() + CHECKPOINT_POLL;
             }
+            self.stats.position.store(self.position, Ordering::Relaxed);
             let progress = match self.deliver_batch(through, newest_checkpoint).await {
                 Ok(progress) => progress,
                 Err(stop) => return stop,
             };
+            self.stats.position.store(self.position, Ordering::Relaxed);
             if progress == Progress::Delivered {
                 saved = self.position;
                 last_save = Instant::now();
@@ -330,9 +359,13 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                     }
                     return Ok(());
                 }
-                Err(SinkError::Halt(error)) => return Err(Stop::Halted(error)),
+                Err(SinkError::Halt(error)) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(Stop::Halted(error));
+                }
                 Err(SinkError::Retry { message, after }) => {
                     failures += 1;
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     if last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
                         tracing::warn!(forwarder = %self.name, position = self.position, failures, error = %message, "forwarder cannot deliver; retrying");
                         last_log = Some(Instant::now());

@@ -191,6 +191,7 @@ pub fn prepare<S: Store + Clone>(
             grace,
             stop_deadline: None,
             saved_checkpoint_index: None,
+            stats: Arc::default(),
         });
     }
     Ok(Prepared { cursors, stopping })
@@ -285,6 +286,15 @@ fn build_sink(target: Target, options: &mut Options) -> Result<(AnySink, String)
 }
 
 impl<S: Store + Clone> Prepared<S> {
+    /// Each forwarder's name and what it shows its metrics.
+    pub fn stats(&self) -> Vec<(String, Arc<cursor::ForwarderStats>)> {
+        let stats = self
+            .cursors
+            .iter()
+            .map(|c| (c.name.clone(), c.stats.clone()));
+        stats.collect()
+    }
+
     /// Starts every forwarder.
     pub fn start(self) -> Running {
         let tasks = self

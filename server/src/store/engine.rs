@@ -11,7 +11,8 @@
 //! head that other replicas commit; and a lost database is recovered instead of poisoning.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use audit_ledger::{Hash, PublicKey, SigningKey};
 use prost::Message;
@@ -39,6 +40,33 @@ pub struct Options {
     pub checkpointing: Checkpointing,
 }
 
+/// What happened to entries handed to the writer, as counted by a [`CommitObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryOutcome {
+    /// Stored under a new sequence.
+    Stored,
+    /// A retry of an id already stored with the same content: answered with the first receipt.
+    Retried,
+    /// Refused: its id is stored with other content.
+    Conflict,
+    /// Not stored: the commit failed.
+    Failed,
+}
+
+/// Told by the writer thread what each group commit did (metrics, without the engine knowing
+/// how they are exported). Called on the writer thread: must not block.
+pub trait CommitObserver: Send + Sync {
+    /// A group of `entries` entries was committed in `took` (the backend transaction).
+    fn committed(&self, entries: usize, took: Duration);
+    /// `count` entries ended as `outcome`.
+    fn entries(&self, outcome: EntryOutcome, count: usize);
+    /// A signed checkpoint was committed.
+    fn checkpoint_signed(&self);
+}
+
+/// The observer of a log, set once after it opened (see [`Log::observe`]).
+pub(super) type ObserverSlot = Arc<OnceLock<Arc<dyn CommitObserver>>>;
+
 /// The audit log over a backend. Cheap to clone.
 #[derive(Clone)]
 pub struct Log {
@@ -63,6 +91,7 @@ struct Inner {
     read_only: Option<String>,
     /// Whether the backend recovers from failures (then a refused write says "retry").
     shared: bool,
+    observer: ObserverSlot,
 }
 
 /// Bytes a job is charged in the write queue: its entries plus bookkeeping.
@@ -158,6 +187,7 @@ impl Log {
             }
             None => None,
         };
+        let observer = ObserverSlot::default();
         let writer = Writer::new(
             backend,
             jobs_rx,
@@ -167,6 +197,7 @@ impl Log {
             head_tx,
             writable_tx,
             signer,
+            observer.clone(),
         );
         let handle = std::thread::Builder::new()
             .name("audit-store-writer".into())
@@ -191,6 +222,7 @@ impl Log {
                 public_key,
                 read_only,
                 shared,
+                observer,
             }),
         })
     }
@@ -208,6 +240,18 @@ impl Log {
             stop.store(true, Ordering::SeqCst);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+
+    /// Tells `observer` what every later group commit does. Set after opening, so that
+    /// backends and their tests open the log without it; only the first observer counts.
+    pub fn observe(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.inner.observer.set(observer);
+    }
+
+    /// Bytes of entries waiting for the writer now (at most `max_pending_bytes`).
+    pub fn queued_bytes(&self) -> usize {
+        let free = self.inner.pending_bytes.available_permits();
+        (self.inner.max_pending_bytes as usize).saturating_sub(free)
     }
 
     /// Runs `work` on a pooled read connection.

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use super::Receipt;
 use super::backend::{Backend, BackendError, NewCheckpoint, Row, StoredId, Tip};
-use super::engine::advance;
+use super::engine::{EntryOutcome, ObserverSlot, advance};
 use super::recent::{Kept, Recent};
 use super::signer::Signer;
 use crate::error::Error;
@@ -94,6 +94,7 @@ pub struct Writer {
     writable: watch::Sender<bool>,
     signer: Signer,
     health: Health,
+    observer: ObserverSlot,
 }
 
 /// Signs a checkpoint of the log at start-up in a transaction of its own; returns the tip and
@@ -130,6 +131,7 @@ impl Writer {
         head: Arc<watch::Sender<u64>>,
         writable: watch::Sender<bool>,
         signer: Signer,
+        observer: ObserverSlot,
     ) -> Self {
         let health = if *writable.borrow() {
             Health::Writable
@@ -146,6 +148,7 @@ impl Writer {
             writable,
             signer,
             health,
+            observer,
         }
     }
 
@@ -218,11 +221,13 @@ impl Writer {
     /// Commits one group and answers its jobs.
     fn commit_group(&mut self, mut group: Vec<WriteJob>) {
         let before = self.tip.sequence;
+        let started = Instant::now();
         let (outcomes, tip, signed) = match self.apply(&group) {
             Ok(applied) => applied,
             Err(error) => {
                 self.backend.rollback();
                 self.failed(&error, "store write failed");
+                self.observe_failed(&group);
                 for job in group {
                     let _ = job.reply.send(Err(Error::StoreFailed(error.to_string())));
                 }
@@ -232,6 +237,7 @@ impl Writer {
         if let Err(error) = self.backend.commit(&tip) {
             let committed = self.settle(&group, &outcomes, &tip, &error);
             if !committed {
+                self.observe_failed(&group);
                 for job in group {
                     let _ = job.reply.send(Err(Error::StoreFailed(format!(
                         "{error}; the entries were not stored, or their outcome is unknown: \
@@ -242,6 +248,7 @@ impl Writer {
             }
         }
         let base = self.tip.sequence;
+        self.observe_committed(&group, &outcomes, base, started.elapsed(), signed.is_some());
         self.remember(&mut group, &outcomes, base);
         self.signer.committed(&tip, signed.as_ref());
         self.tip = tip;
@@ -257,6 +264,52 @@ impl Writer {
             // Everything acknowledged is stored, but the storage can no longer be bounded.
             tracing::error!(%error, "store housekeeping failed; refusing further writes");
             self.poison();
+        }
+    }
+
+    /// Tells the observer what a committed group did: entries above `base` are new.
+    fn observe_committed(
+        &self,
+        group: &[WriteJob],
+        outcomes: &[Result<Vec<Receipt>, JobFailure>],
+        base: u64,
+        took: Duration,
+        signed: bool,
+    ) {
+        let Some(observer) = self.observer.get() else {
+            return;
+        };
+        let (mut stored, mut retried, mut conflict) = (0, 0, 0);
+        for (job, outcome) in group.iter().zip(outcomes) {
+            match outcome {
+                Ok(receipts) => {
+                    let new = receipts.iter().filter(|r| r.sequence > base).count();
+                    stored += new;
+                    retried += receipts.len() - new;
+                }
+                Err(JobFailure::Conflict { .. }) => conflict += job.entries.len(),
+            }
+        }
+        observer.committed(group.iter().map(|j| j.entries.len()).sum(), took);
+        for (outcome, count) in [
+            (EntryOutcome::Stored, stored),
+            (EntryOutcome::Retried, retried),
+            (EntryOutcome::Conflict, conflict),
+        ] {
+            if count > 0 {
+                observer.entries(outcome, count);
+            }
+        }
+        if signed {
+            observer.checkpoint_signed();
+        }
+    }
+
+    /// Tells the observer that the entries of `group` were not stored.
+    fn observe_failed(&self, group: &[WriteJob]) {
+        if let Some(observer) = self.observer.get() {
+            let count = group.iter().map(|j| j.entries.len()).sum();
+            observer.entries(EntryOutcome::Failed, count);
         }
     }
 
@@ -519,6 +572,9 @@ impl Writer {
         })();
         match signed {
             Ok(Some((tip, checkpoint))) => {
+                if let Some(observer) = self.observer.get() {
+                    observer.checkpoint_signed();
+                }
                 self.signer.committed(&tip, Some(&checkpoint));
                 self.tip = tip;
             }
