@@ -50,6 +50,8 @@ pub struct TestServer {
     pub tls_addr: Option<SocketAddr>,
     /// The path of its Unix socket, if it has one.
     pub unix_socket: Option<PathBuf>,
+    /// The address of its metrics listener (`--metrics-listen`), if it has one.
+    pub metrics_addr: Option<SocketAddr>,
     /// Its data directory.
     pub data_dir: PathBuf,
     args: Vec<String>,
@@ -145,11 +147,13 @@ impl TestServer {
             .expect("listen address");
         let tls_addr = find("tls ").map(|a| a.parse().expect("tls address"));
         let unix_socket = find("unix ").map(PathBuf::from);
+        let metrics_addr = find("metrics http://").map(|a| a.parse().expect("metrics address"));
         Self {
             child,
             addr,
             tls_addr,
             unix_socket,
+            metrics_addr,
             data_dir: data_dir.to_path_buf(),
             args,
             _temp: None,
@@ -449,4 +453,30 @@ pub async fn prefilled(total: u64) -> (TempDir, PathBuf) {
     let data_dir = server.data_dir.clone();
     assert!(server.stop().await.success());
     (temp, data_dir)
+}
+
+/// `GET path` over plain HTTP/1.0 from `addr`: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET http://{addr}{path} in time"))
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("an HTTP response: {response}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP status line: {head}"));
+    (status, body.to_string())
 }
