@@ -288,6 +288,9 @@ impl Collector for Live {
     }
 }
 
+/// Reads one gauge of a forwarder.
+type ForwarderGauge<'a> = dyn Fn(&ForwarderStats) -> i64 + 'a;
+
 /// The per-forwarder metrics, labelled `forwarder` (a configured name).
 fn encode_forwarders(
     encoder: &mut DescriptorEncoder,
@@ -303,7 +306,7 @@ fn encode_forwarders(
         u64::MAX => head,
         position => position,
     };
-    let gauges: [(&str, &str, &dyn Fn(&ForwarderStats) -> i64); 3] = [
+    let gauges: [(&str, &str, &ForwarderGauge); 3] = [
         (
             "audit_forwarder_position",
             "Every matching entry up to this sequence was acknowledged by the receiver",

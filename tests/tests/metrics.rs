@@ -232,3 +232,58 @@ async fn prometheus_scrapes_the_live_server() {
         .wait_for("audit_commit_group_entries_sum", 25.0)
         .await;
 }
+
+/// Every `audit_*` metric named by the shipped alert rules and dashboard, without the suffixes
+/// Prometheus adds to histograms.
+fn metrics_named_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("audit_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_alerts_and_the_dashboard_use_only_metrics_the_server_exports() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/audit.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()));
+    // A forwarder, so that the per-forwarder metrics are exported too.
+    let out = tempfile::tempdir().unwrap();
+    let forward = format!("f1=file://{}", out.path().join("out.jsonl").display());
+    let server =
+        TestServer::start_with_args(&["--metrics-listen", "127.0.0.1:0", "--forward", &forward])
+            .await;
+    record(&server, 1).await;
+    let text = scrape(&server).await;
+    let exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .map(|name| name.to_string())
+        .collect();
+    let named = metrics_named_in(&alerts)
+        .into_iter()
+        .chain(metrics_named_in(&dashboard));
+    for name in named {
+        let base = name.strip_suffix("_total").unwrap_or(&name);
+        assert!(
+            exported.contains(&name) || exported.contains(base),
+            "{name} is not exported; the server exports {exported:?}"
+        );
+    }
+    assert!(exported.contains("audit_forwarder_position"), "{text}");
+}
