@@ -287,3 +287,41 @@ async fn the_alerts_and_the_dashboard_use_only_metrics_the_server_exports() {
     }
     assert!(exported.contains("audit_forwarder_position"), "{text}");
 }
+
+#[tokio::test]
+async fn refusals_are_counted_as_recorded_or_over_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[grant]]\nto = [\"loopback\"]\nallow = [\"record\"]\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with_args(&[
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--max-denied-per-second",
+        "2",
+    ])
+    .await;
+    let client = server.client().await;
+    for _ in 0..10 {
+        let refused = client.raw().query(pb::QueryRequest::default()).await;
+        assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+    let text = scrape(&server).await;
+    let value = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name} in\n{text}"));
+    let recorded = value(r#"audit_denied_total{recorded="true"}"#);
+    let unrecorded = value(r#"audit_denied_total{recorded="false"}"#);
+    assert_eq!(recorded + unrecorded, 10.0, "{text}");
+    // Two per one-second window: the ten calls span one or two windows.
+    assert!((2.0..=4.0).contains(&recorded), "{text}");
+    // The recorded refusals are the log's only entries.
+    assert_eq!(value("audit_log_sequence"), recorded);
+    assert_eq!(
+        value(r#"audit_record_requests_total{method="Query",code="UNAUTHENTICATED"}"#),
+        10.0
+    );
+}
