@@ -90,10 +90,14 @@ async fn the_text_output_counts_commits_entries_requests_and_reads_gauges() {
     log.append(rest.iter().map(|id| new_entry(id)).collect())
         .await
         .expect("append 95");
-    // Its buffer holds the first heartbeat and 63 entries: 37 behind the head of 100.
-    let lag = |text: &str| sample(text, "audit_subscriber_lag_entries");
+    // Its buffer holds the first heartbeat and 63 entries: 37 behind the head of 100. The
+    // writer frees a job's queue bytes just after it answers it.
+    let settled = |text: &str| {
+        sample(text, "audit_subscriber_lag_entries") == Some(37.0)
+            && sample(text, "audit_write_queue_bytes") == Some(0.0)
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while lag(&metrics.render()) != Some(37.0) && std::time::Instant::now() < deadline {
+    while !settled(&metrics.render()) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     metrics.request("Record", tonic::Code::Ok);
