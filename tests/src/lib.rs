@@ -450,3 +450,18 @@ pub async fn prefilled(total: u64) -> (TempDir, PathBuf) {
     assert!(server.stop().await.success());
     (temp, data_dir)
 }
+
+/// The position forwarder `name` saved in the store of the server in `data_dir` (its SQLite
+/// file, read beside the server or after it stopped).
+pub fn forwarder_position(data_dir: &Path, name: &str) -> Option<u64> {
+    let db = rusqlite::Connection::open(data_dir.join("audit.db")).ok()?;
+    db.busy_timeout(Duration::from_secs(5)).ok()?;
+    let position: Option<i64> = db
+        .query_row(
+            "SELECT position FROM cursors WHERE name = ?",
+            [name],
+            |row| row.get(0),
+        )
+        .ok()?;
+    position.map(|p| p as u64)
+}
