@@ -170,17 +170,19 @@ impl<S: Store, K: Sink> Cursor<S, K> {
     async fn claim(&mut self, start: u64, start_index: u64) -> bool {
         let mut waiting_since: Option<Instant> = None;
         loop {
+            // Both leases (entries and checkpoints), or the owner holding one of them.
             let claimed = async {
-                let entries = self.store.cursor(&self.name, &self.owner, None).await?;
-                let CursorClaim::Held { position } = entries else {
-                    return Ok::<_, crate::Error>(Err(entries));
-                };
-                let key = checkpoint_key(&self.name);
-                let index = match self.store.cursor(&key, &self.owner, None).await? {
-                    CursorClaim::Held { position } => position,
-                    busy => return Ok(Err(busy)),
-                };
-                Ok(Ok((position, index)))
+                let mut positions = [None, None];
+                for (key, saved) in [self.name.clone(), checkpoint_key(&self.name)]
+                    .into_iter()
+                    .zip(&mut positions)
+                {
+                    match self.store.cursor(&key, &self.owner, None).await? {
+                        CursorClaim::Held { position } => *saved = position,
+                        CursorClaim::Busy { owner } => return Ok(Err(owner)),
+                    }
+                }
+                Ok::<_, crate::Error>(Ok((positions[0], positions[1])))
             };
             let wait = match claimed.await {
                 Ok(Ok((position, index))) => {
@@ -195,13 +197,12 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                     }
                     return true;
                 }
-                Ok(Err(CursorClaim::Busy { owner })) => {
+                Ok(Err(owner)) => {
                     if waiting_since.is_none() {
                         tracing::info!(forwarder = %self.name, %owner, "another server drives this forwarder; standing by");
                     }
                     CURSOR_LEASE / 3
                 }
-                Ok(Err(CursorClaim::Held { .. })) => unreachable!("only Busy is passed on"),
                 Err(error) => {
                     if waiting_since.is_none_or(|since| since.elapsed() >= LOG_EVERY) {
                         tracing::warn!(forwarder = %self.name, %error, "cannot claim this forwarder; retrying");
