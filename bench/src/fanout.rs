@@ -261,3 +261,23 @@ impl Stalled {
         Ok(())
     }
 }
+
+/// Record-to-delivery latencies, in microseconds, of the entries sent between `from` and
+/// `until` (the measured window), over every subscriber.
+pub fn delivered_between(
+    seen: &[Seen],
+    from: std::time::SystemTime,
+    until: std::time::SystemTime,
+) -> Vec<u32> {
+    let nanos = |t: std::time::SystemTime| {
+        t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i64
+    };
+    let (from, until) = (nanos(from), nanos(until));
+    seen.iter()
+        .flat_map(|s| s.deliveries.iter())
+        .filter(|(sent, _)| (from..until).contains(sent))
+        .map(|(_, micros)| *micros)
+        .collect()
+}

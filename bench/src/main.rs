@@ -601,18 +601,7 @@ impl Bench {
         let mut case = Case::new(key, "audit");
         case.server_cpu_us_per_entry = cpu.per_entry_us(outcome.all_entries);
         case.subscribers = Some(subscribers);
-        let nanos = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as i64
-        };
-        let (from, until) = (nanos(window_from), nanos(window_until));
-        let mut delivery: Vec<u32> = seen
-            .iter()
-            .flat_map(|s| s.deliveries.iter())
-            .filter(|(sent, _)| (from..until).contains(sent))
-            .map(|(_, micros)| *micros)
-            .collect();
+        let mut delivery = fanout::delivered_between(&seen, window_from, window_until);
         let expected = outcome.entries as f64 * subscribers as f64;
         case.notes.insert("target_rate".into(), rate as f64);
         case.notes

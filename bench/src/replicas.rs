@@ -171,18 +171,7 @@ impl Bench {
                 Duration::from_secs(10),
             )
             .await;
-        let nanos = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as i64
-        };
-        let (from, until) = (nanos(window_from), nanos(window_until));
-        let mut delivery: Vec<u32> = seen
-            .iter()
-            .flat_map(|s| s.deliveries.iter())
-            .filter(|(sent, _)| (from..until).contains(sent))
-            .map(|(_, micros)| *micros)
-            .collect();
+        let mut delivery = fanout::delivered_between(&seen, window_from, window_until);
         let mut case = Case::new(key, "audit-pg");
         case.subscribers = Some(1);
         case.notes.insert("target_rate".into(), rate as f64);

@@ -10,7 +10,7 @@
 use rusqlite::Connection;
 
 /// Version of the schema, kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Schema version 1: the entries and the indexed columns queries filter on.
 pub const SCHEMA_1: &str = "
@@ -56,6 +56,17 @@ CREATE TABLE checkpoints (
 ) STRICT;
 ";
 
+/// Schema version 3: the saved positions of durable cursors (forwarders), with the lease that
+/// lets one server at a time drive each.
+pub const SCHEMA_3: &str = "
+CREATE TABLE cursors (
+    name        TEXT PRIMARY KEY,
+    position    INTEGER,
+    owner       TEXT NOT NULL,
+    lease_until INTEGER NOT NULL
+) STRICT;
+";
+
 /// One object of `sqlite_schema`: type, name, table and SQL text.
 type Object = (String, String, String, Option<String>);
 
@@ -74,6 +85,7 @@ pub fn check_schema(conn: &Connection) -> Result<(), String> {
         .and_then(|fresh| {
             fresh.execute_batch(SCHEMA_1)?;
             fresh.execute_batch(SCHEMA_2)?;
+            fresh.execute_batch(SCHEMA_3)?;
             objects(&fresh)
         })
         .map_err(|e| format!("cannot build the expected schema: {e}"))?;

@@ -107,7 +107,6 @@ impl AuditServer {
         let forwarders = forward::prepare(
             &forwards,
             &store,
-            &config.data_dir,
             &limits,
             config.connections.shutdown_grace,
         )?;

@@ -480,3 +480,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_else(|| panic!("an HTTP status line: {head}"));
     (status, body.to_string())
 }
+
+/// The position forwarder `name` saved in the store of the server in `data_dir` (its SQLite
+/// file, read beside the server or after it stopped).
+pub fn forwarder_position(data_dir: &Path, name: &str) -> Option<u64> {
+    let db = rusqlite::Connection::open(data_dir.join("audit.db")).ok()?;
+    db.busy_timeout(Duration::from_secs(5)).ok()?;
+    let position: Option<i64> = db
+        .query_row(
+            "SELECT position FROM cursors WHERE name = ?",
+            [name],
+            |row| row.get(0),
+        )
+        .ok()?;
+    position.map(|p| p as u64)
+}

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use audit_tests::{TestServer, entry, eventually, prefilled, start_failure};
+use audit_tests::{TestServer, entry, eventually, forwarder_position, prefilled, start_failure};
 
 /// Each line of the file as JSON.
 fn lines(path: &Path) -> Vec<serde_json::Value> {
@@ -70,9 +70,8 @@ async fn entries_and_checkpoints_reach_the_file_in_order() {
         }
     }
     // The position follows what the file holds.
-    let position = server.data_dir.join("forwarders/file.position");
     eventually("the position saved", || {
-        std::fs::read_to_string(&position).is_ok_and(|p| p.trim() == "25")
+        forwarder_position(&server.data_dir, "file") == Some(25)
     })
     .await;
     assert!(server.stop().await.success());
@@ -92,11 +91,7 @@ async fn kill_9_while_forwarding_loses_nothing_and_repeats_only_the_tail() {
     })
     .await;
     server.kill().await;
-    let saved: u64 = std::fs::read_to_string(data_dir.join("forwarders/file.position"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let saved = forwarder_position(&data_dir, "file").unwrap();
     let before = entry_sequences(&lines(&path));
     assert!(
         (before.len() as u64) < TOTAL,
@@ -222,9 +217,8 @@ async fn a_filtered_forwarder_from_the_config_file_delivers_only_its_entries() {
             .await
             .unwrap();
     }
-    let position = server.data_dir.join("forwarders/denied.position");
     eventually("the position reaches the head", || {
-        std::fs::read_to_string(&position).is_ok_and(|p| p.trim() == "10")
+        forwarder_position(&server.data_dir, "denied") == Some(10)
     })
     .await;
     // A template's lines carry sequence, outcome and resource.

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use audit_client::render::escape;
-use audit_tests::{PATIENCE, TestServer, entry, eventually, prefilled};
+use audit_tests::{PATIENCE, TestServer, entry, eventually, forwarder_position, prefilled};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
@@ -363,10 +363,7 @@ async fn tls_messages_reach_rsyslog_with_the_certificate_verified() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rsyslog.messages().len(), before);
-    assert_eq!(
-        std::fs::read_to_string(server.data_dir.join("forwarders/siem.position")).ok(),
-        None
-    );
+    assert_eq!(forwarder_position(&server.data_dir, "siem"), None);
     assert!(server.stop().await.success());
 }
 
@@ -387,11 +384,7 @@ async fn kill_9_while_forwarding_over_tcp_loses_nothing() {
     };
     eventually("some entries at rsyslog", || sequences().len() >= 20).await;
     server.kill().await;
-    let saved: u64 = std::fs::read_to_string(data_dir.join("forwarders/siem.position"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let saved = forwarder_position(&data_dir, "siem").unwrap();
     assert!(saved < TOTAL, "delivery was over before the kill");
 
     let server = TestServer::start_in(&data_dir, &["--forward", &forward]).await;

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use audit_tests::{TestServer, entry, eventually};
+use audit_tests::{TestServer, entry, eventually, forwarder_position};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -137,8 +137,7 @@ impl Receiver {
 }
 
 fn position(server: &TestServer, name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(server.data_dir.join(format!("forwarders/{name}.position")));
-    text.ok().and_then(|t| t.trim().parse().ok())
+    forwarder_position(&server.data_dir, name)
 }
 
 /// Every sequence in 1..=total at least once, first appearances in order.
@@ -278,11 +277,7 @@ async fn kill_9_mid_delivery_repeats_only_the_unacknowledged_batch() {
     let data = server.keep_data_dir();
     let data_dir = server.data_dir.clone();
     server.kill().await;
-    let saved = std::fs::read_to_string(data_dir.join("forwarders/hook.position"))
-        .unwrap()
-        .trim()
-        .parse::<u64>()
-        .unwrap();
+    let saved = forwarder_position(&data_dir, "hook").unwrap();
     assert!(saved < TOTAL, "delivery was over before the kill");
 
     *receiver.delay.lock().unwrap() = Duration::ZERO;

@@ -298,3 +298,79 @@ async fn a_replica_reaches_postgresql_over_tls_and_checks_its_certificate() {
     let stderr = audit_tests::start_failure(&["--store", &wrong, "--signing-key", &key]).await;
     assert!(stderr.contains("cannot reach PostgreSQL"), "{stderr}");
 }
+
+/// The entry sequences a file forwarder wrote to `path` (JSON lines; checkpoints left out).
+fn forwarded(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["type"] != "checkpoint")
+        .filter_map(|line| line["sequence"].as_u64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_at_a_time_drives_a_forwarder_and_another_takes_over_when_it_dies() {
+    let db = PostgresDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = shared_key(dir.path());
+    // The same forwarder on both replicas, each writing to a file of its own.
+    let paths = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let mut servers = Vec::new();
+    for path in &paths {
+        let forward = format!("siem=file://{}?format=logstash&batch=10", path.display());
+        let args = [
+            "--store",
+            db.url.as_str(),
+            "--signing-key",
+            &key,
+            "--forward",
+            &forward,
+        ];
+        servers.push(TestServer::start_with_args(&args).await);
+    }
+    let writer = servers[0].client().await;
+    record(writer, "first".into(), 60).await;
+    audit_tests::eventually("the first 60 entries forwarded", || {
+        paths.iter().map(|p| forwarded(p).len()).sum::<usize>() >= 60
+    })
+    .await;
+    let counts: Vec<usize> = paths.iter().map(|p| forwarded(p).len()).collect();
+    let driver = counts.iter().position(|&n| n > 0).unwrap();
+    assert_eq!(
+        counts[1 - driver],
+        0,
+        "only one replica delivers: {counts:?}"
+    );
+    assert_eq!(forwarded(&paths[driver]), (1..=60).collect::<Vec<_>>());
+
+    // The driving replica dies; the other takes over from the saved position once its lease
+    // lapses, and delivers what was recorded meanwhile.
+    let survivor = servers.remove(1 - driver);
+    servers.remove(0).kill().await;
+    record(survivor.client().await, "second".into(), 40).await;
+    let survivor_path = &paths[1 - driver];
+    tokio::time::timeout(Duration::from_secs(40), async {
+        while !forwarded(survivor_path).contains(&100) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the other replica took over within the lease");
+    let mut all: Vec<u64> = paths.iter().flat_map(|p| forwarded(p)).collect();
+    let taken_over = forwarded(survivor_path);
+    // Duplicates only of the tail the dead replica had not saved (at most one batch).
+    assert!(
+        taken_over[0] >= 50,
+        "resumed from the saved position: {:?}",
+        &taken_over[..3]
+    );
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all,
+        (1..=100).collect::<Vec<_>>(),
+        "every entry delivered at least once"
+    );
+}

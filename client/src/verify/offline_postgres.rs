@@ -13,7 +13,7 @@ use super::{KeySource, Report, Trust, Verifier};
 use crate::Error;
 
 /// The schema version this verifier reads.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// Entries read at a time.
 const SLICE: i64 = 5_000;
 

@@ -10,7 +10,11 @@
 //!   checkpoint is looked up at most once a second, before the entries committed a second or
 //!   more after it);
 //! - positions are saved after the acknowledgement, so a crash repeats at most the last
-//!   unacknowledged batch.
+//!   unacknowledged batch;
+//! - positions are saved in the store, under a lease: when several servers share a log, one
+//!   at a time drives each forwarder (it renews the lease with every save, and at least every
+//!   third of [`CURSOR_LEASE`]); the others stand by and take over, from the saved position,
+//!   once the lease lapses.
 
 use std::future::Future;
 use std::hash::{BuildHasher as _, RandomState};
@@ -23,8 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::item::{Checkpoint, Item};
-use super::position::PositionStore;
-use crate::store::{Direction, Read, Store};
+use crate::store::{CURSOR_LEASE, CursorClaim, Direction, Read, Store};
 
 /// How often the newest checkpoint is looked up at most.
 const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
@@ -101,10 +104,11 @@ pub struct Cursor<S, K> {
     pub sink: K,
     /// Entries to deliver.
     pub filter: Filter,
-    /// Saved positions.
-    pub positions: Arc<dyn PositionStore>,
-    /// Every matching entry up to this sequence was acknowledged; `u64::MAX` (with
-    /// `checkpoint_index`) starts at the head when the forwarder starts.
+    /// Who this server is when it claims the forwarder's lease.
+    pub owner: String,
+    /// Every matching entry up to this sequence was acknowledged. Until the lease is claimed,
+    /// where a forwarder without a saved position starts: `u64::MAX` (with
+    /// `checkpoint_index`) starts at the head.
     pub position: u64,
     /// Every checkpoint up to this index was acknowledged.
     pub checkpoint_index: u64,
@@ -148,6 +152,9 @@ enum Progress {
 enum Stop {
     /// Shutdown, with everything committed delivered (or given up by the caller's timeout).
     Done,
+    /// Another server took the lease (this one stalled past it), or the store failed: stand
+    /// by and claim the forwarder again, from its saved position.
+    Interrupted(String),
     /// A sink refused a batch for good, or the store failed.
     Halted(String),
 }
@@ -155,18 +162,84 @@ enum Stop {
 impl<S: Store, K: Sink> Cursor<S, K> {
     /// Runs until shutdown (after delivering what was committed) or until the sink refuses.
     pub async fn run(mut self) {
-        match self.forward().await {
-            Stop::Done => {
-                tracing::info!(forwarder = %self.name, position = self.position, "forwarder stopped")
+        let (start, start_index) = (self.position, self.checkpoint_index);
+        loop {
+            if !self.claim(start, start_index).await {
+                return;
             }
-            Stop::Halted(error) => {
-                self.stats.halted.store(true, Ordering::Relaxed);
-                tracing::error!(
-                forwarder = %self.name,
-                position = self.position,
-                %error,
-                "forwarder halted: nothing after its position is delivered until it is fixed and the server restarted"
-                )
+            match self.forward().await {
+                Stop::Done => {
+                    tracing::info!(forwarder = %self.name, position = self.position, "forwarder stopped");
+                    return;
+                }
+                Stop::Interrupted(why) => tracing::warn!(
+                    forwarder = %self.name,
+                    %why,
+                    "forwarder interrupted; claiming it again from its saved position"
+                ),
+                Stop::Halted(error) => {
+                    self.stats.halted.store(true, Ordering::Relaxed);
+                    tracing::error!(
+                        forwarder = %self.name,
+                        position = self.position,
+                        %error,
+                        "forwarder halted: nothing after its position is delivered until it is fixed and the server restarted"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until this server holds the forwarder's lease (false: shutdown came first), and
+    /// takes the saved positions, or `start` and `start_index` for a new forwarder.
+    async fn claim(&mut self, start: u64, start_index: u64) -> bool {
+        let mut waiting_since: Option<Instant> = None;
+        loop {
+            // Both leases (entries and checkpoints), or the owner holding one of them.
+            let claimed = async {
+                let mut positions = [None, None];
+                for (key, saved) in [self.name.clone(), checkpoint_key(&self.name)]
+                    .into_iter()
+                    .zip(&mut positions)
+                {
+                    match self.store.cursor(&key, &self.owner, None).await? {
+                        CursorClaim::Held { position } => *saved = position,
+                        CursorClaim::Busy { owner } => return Ok(Err(owner)),
+                    }
+                }
+                Ok::<_, crate::Error>(Ok((positions[0], positions[1])))
+            };
+            let wait = match claimed.await {
+                Ok(Ok((position, index))) => {
+                    self.position = position.unwrap_or(start);
+                    self.checkpoint_index = match position {
+                        Some(_) => index.unwrap_or(0),
+                        None => start_index,
+                    };
+                    self.saved_checkpoint_index = index;
+                    if waiting_since.is_some() {
+                        tracing::info!(forwarder = %self.name, position = self.position, "took over this forwarder");
+                    }
+                    return true;
+                }
+                Ok(Err(owner)) => {
+                    if waiting_since.is_none() {
+                        tracing::info!(forwarder = %self.name, %owner, "another server drives this forwarder; standing by");
+                    }
+                    CURSOR_LEASE / 3
+                }
+                Err(error) => {
+                    if waiting_since.is_none_or(|since| since.elapsed() >= LOG_EVERY) {
+                        tracing::warn!(forwarder = %self.name, %error, "cannot claim this forwarder; retrying");
+                    }
+                    BACKOFF_FIRST
+                }
+            };
+            waiting_since.get_or_insert_with(Instant::now);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.stopping.cancelled() => return false,
             }
         }
     }
@@ -179,7 +252,7 @@ impl<S: Store, K: Sink> Cursor<S, K> {
             self.position = *head.borrow();
             self.checkpoint_index = match self.store.checkpoint(None).await {
                 Ok(newest) => newest.map_or(0, |c| c.index),
-                Err(error) => return Stop::Halted(format!("store: {error}")),
+                Err(error) => return Stop::Interrupted(format!("store: {error}")),
             };
             if let Err(stop) = self.save().await {
                 return stop;
@@ -226,7 +299,7 @@ impl<S: Store, K: Sink> Cursor<S, K> {
             if stopping || Instant::now() >= next_poll {
                 match self.store.checkpoint(None).await {
                     Ok(newest) => newest_checkpoint = newest.map_or(0, |c| c.index),
-                    Err(error) => return Stop::Halted(format!("store: {error}")),
+                    Err(error) => return Stop::Interrupted(format!("store: {error}")),
                 }
                 next_poll = Instant::now() + CHECKPOINT_POLL;
             }
@@ -239,8 +312,12 @@ impl<S: Store, K: Sink> Cursor<S, K> {
             if progress == Progress::Delivered {
                 saved = self.position;
                 last_save = Instant::now();
-            } else if self.position != saved && (stopping || last_save.elapsed() >= IDLE_SAVE_EVERY)
+            } else if (self.position != saved
+                && (stopping || last_save.elapsed() >= IDLE_SAVE_EVERY))
+                || last_save.elapsed() >= CURSOR_LEASE / 3
             {
+                // Filtered-out entries passed (saved now and then, not on every commit), or
+                // the lease is due for renewal.
                 // Only filtered-out entries passed: saved now and then, not on every commit.
                 if let Err(stop) = self.save().await {
                     return stop;
@@ -281,7 +358,7 @@ impl<S: Store, K: Sink> Cursor<S, K> {
         through: u64,
         newest_checkpoint: u64,
     ) -> Result<Progress, Stop> {
-        let store_error = |error: crate::error::Error| Stop::Halted(format!("store: {error}"));
+        let store_error = |error: crate::error::Error| Stop::Interrupted(format!("store: {error}"));
         let mut entries = Vec::new();
         let mut position = self.position;
         if self.position < through {
@@ -393,26 +470,28 @@ impl<S: Store, K: Sink> Cursor<S, K> {
             .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
+    /// Saves the positions in the store (renewing the lease).
     async fn save(&mut self) -> Result<(), Stop> {
-        let positions = self.positions.clone();
-        let (name, position, index) = (self.name.clone(), self.position, self.checkpoint_index);
-        let index_changed = self.saved_checkpoint_index != Some(index);
-        let saved = tokio::task::spawn_blocking(move || {
-            positions.save(&name, position)?;
-            if index_changed {
-                positions.save(&checkpoint_key(&name), index)?;
-            }
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-        match saved {
-            Ok(Ok(())) => {
-                self.saved_checkpoint_index = Some(index);
-                Ok(())
-            }
-            Ok(Err(error)) => Err(Stop::Halted(format!("cannot save its position: {error}"))),
-            Err(error) => Err(Stop::Halted(format!("cannot save its position: {error}"))),
+        let index = self.checkpoint_index;
+        let mut writes = vec![(self.name.clone(), self.position)];
+        if self.saved_checkpoint_index != Some(index) {
+            writes.push((checkpoint_key(&self.name), index));
         }
+        for (key, position) in writes {
+            match self.store.cursor(&key, &self.owner, Some(position)).await {
+                Ok(CursorClaim::Held { .. }) => {}
+                Ok(CursorClaim::Busy { owner }) => {
+                    return Err(Stop::Interrupted(format!("server {owner} took it over")));
+                }
+                Err(error) => {
+                    return Err(Stop::Interrupted(format!(
+                        "cannot save its position: {error}"
+                    )));
+                }
+            }
+        }
+        self.saved_checkpoint_index = Some(index);
+        Ok(())
     }
 }
 

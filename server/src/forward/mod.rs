@@ -11,13 +11,10 @@ pub mod cursor;
 mod file;
 pub mod item;
 pub mod options;
-pub mod position;
 mod syslog;
 mod tls;
 mod webhook;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use audit_format::{Format, Template, TemplateOptions};
@@ -28,10 +25,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::store::Store;
-use cursor::{Cursor, Sink, SinkError, checkpoint_key};
+use cursor::{Cursor, Sink, SinkError};
 use item::{Encoding, Item};
 use options::{Options, Target};
-use position::{FilePositions, PositionStore};
 
 /// Options every forwarder takes.
 const COMMON_OPTIONS: &str =
@@ -108,13 +104,12 @@ pub struct Running {
     stopping: CancellationToken,
 }
 
-/// Builds every forwarder of `specs` over `store`, with positions in `data_dir/forwarders`.
+/// Builds every forwarder of `specs` over `store`, which keeps their positions.
 /// Fails, naming the forwarder and what is wrong, on a bad URL, option, format, template,
 /// filter or certificate.
 pub fn prepare<S: Store + Clone>(
     specs: &[ForwardSpec],
     store: &S,
-    data_dir: &Path,
     limits: &Limits,
     grace: Duration,
 ) -> Result<Prepared<S>, Error> {
@@ -123,10 +118,8 @@ pub fn prepare<S: Store + Clone>(
     if specs.is_empty() {
         return Ok(Prepared { cursors, stopping });
     }
-    let positions: Arc<dyn PositionStore> = Arc::new(
-        FilePositions::open(&data_dir.join("forwarders"))
-            .map_err(|e| Error::Config(format!("forwarder positions: {e}")))?,
-    );
+    // Who this server is when it claims a forwarder's lease in the store.
+    let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     for (i, spec) in specs.iter().enumerate() {
         check_name(&spec.name).map_err(Error::Config)?;
         if specs[..i].iter().any(|other| other.name == spec.name) {
@@ -156,17 +149,12 @@ pub fn prepare<S: Store + Clone>(
                 .map_err(|e| options.error(format!("option `linger`: {e}")))?,
         };
         options.finish(&format!("{COMMON_OPTIONS}, {known}"))?;
-        let load = |key: &str| {
-            positions
-                .load(key)
-                .map_err(|e| Error::Config(format!("forwarder `{}`: position: {e}", spec.name)))
-        };
-        let (position, checkpoint_index) = match (load(&spec.name)?, start.as_deref()) {
-            (Some(position), _) => (position, load(&checkpoint_key(&spec.name))?.unwrap_or(0)),
-            (None, None | Some("beginning")) => (0, 0),
+        // Where a forwarder without a saved position starts (see `Cursor::claim`).
+        let (position, checkpoint_index) = match start.as_deref() {
+            None | Some("beginning") => (0, 0),
             // Resolved when the forwarder starts, and saved at once.
-            (None, Some("now")) => (u64::MAX, u64::MAX),
-            (None, Some(sequence)) => match sequence.parse::<u64>() {
+            Some("now") => (u64::MAX, u64::MAX),
+            Some(sequence) => match sequence.parse::<u64>() {
                 Ok(sequence) => (sequence, 0),
                 Err(_) => {
                     return Err(Error::Config(format!(
@@ -181,7 +169,7 @@ pub fn prepare<S: Store + Clone>(
             store: store.clone(),
             sink,
             filter: spec.filter.clone(),
-            positions: positions.clone(),
+            owner: owner.clone(),
             position,
             checkpoint_index,
             batch,
@@ -191,7 +179,7 @@ pub fn prepare<S: Store + Clone>(
             grace,
             stop_deadline: None,
             saved_checkpoint_index: None,
-            stats: Arc::default(),
+            stats: std::sync::Arc::default(),
         });
     }
     Ok(Prepared { cursors, stopping })
@@ -287,7 +275,7 @@ fn build_sink(target: Target, options: &mut Options) -> Result<(AnySink, String)
 
 impl<S: Store + Clone> Prepared<S> {
     /// Each forwarder's name and what it shows its metrics.
-    pub fn stats(&self) -> Vec<(String, Arc<cursor::ForwarderStats>)> {
+    pub fn stats(&self) -> Vec<(String, std::sync::Arc<cursor::ForwarderStats>)> {
         let stats = self
             .cursors
             .iter()

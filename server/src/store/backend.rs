@@ -10,7 +10,7 @@ use audit_ledger::merkle::Frontier;
 use audit_ledger::{CHAIN_START, Hash};
 use audit_proto::pb::AuditEntry;
 
-use super::{Page, Read, Receipt, StartupCheck, Stats, StatsQuery, StoredCheckpoint};
+use super::{CursorClaim, Page, Read, Receipt, StartupCheck, Stats, StatsQuery, StoredCheckpoint};
 use crate::error::Error;
 use crate::validate::NewEntry;
 
@@ -119,6 +119,10 @@ pub trait Backend: Send + 'static {
     /// Inserts a signed checkpoint in the open transaction.
     fn insert_checkpoint(&mut self, checkpoint: &NewCheckpoint) -> Result<(), BackendError>;
 
+    /// Claims (or renews) the lease of a durable cursor and saves its position, in the open
+    /// transaction (see [`CursorWrite::apply`]).
+    fn cursor(&mut self, write: &CursorWrite) -> Result<CursorClaim, BackendError>;
+
     /// Records `tip` as the log's new tip and commits the transaction durably. An error here
     /// leaves the outcome unknown until [`Backend::recover`] settles it.
     fn commit(&mut self, tip: &Tip) -> Result<(), BackendError>;
@@ -205,6 +209,9 @@ pub trait Reader: Send + 'static {
     /// The sequence of the newest committed entry.
     fn head(&mut self) -> Result<u64, Error>;
 
+    /// The saved position of durable cursor `name`.
+    fn cursor_position(&mut self, name: &str) -> Result<Option<u64>, Error>;
+
     /// Counts of entries per time bucket and outcome, and the most frequent principals and
     /// methods (the web console's charts).
     fn stats(&mut self, query: &StatsQuery) -> Result<Stats, Error>;
@@ -222,7 +229,94 @@ pub trait Reader: Send + 'static {
     fn end_snapshot(&mut self) {}
 }
 
+/// A write to a durable cursor (a forwarder's position): who writes, what, and when.
+#[derive(Debug, Clone)]
+pub struct CursorWrite {
+    /// The cursor's name.
+    pub name: String,
+    /// Who claims it: one server process.
+    pub owner: String,
+    /// The position to save; `None` only claims the lease.
+    pub position: Option<u64>,
+    /// Now, in milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    /// How long the lease lasts from now, in milliseconds.
+    pub lease_ms: i64,
+}
+
+/// A cursor's row: its saved position, and who holds its lease until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorRow {
+    /// Saved position.
+    pub position: Option<u64>,
+    /// Lease holder.
+    pub owner: String,
+    /// End of the lease, in milliseconds since the Unix epoch.
+    pub lease_until: i64,
+}
+
+impl CursorWrite {
+    /// The rule every backend applies to the cursor's stored row: another owner's lease that
+    /// has not lapsed makes the write `Busy` and changes nothing; otherwise the writer takes
+    /// (or renews) the lease and its position replaces the saved one. Returns the outcome and
+    /// the row to store, if any.
+    pub fn apply(&self, stored: Option<CursorRow>) -> (CursorClaim, Option<CursorRow>) {
+        if let Some(row) = &stored
+            && row.owner != self.owner
+            && row.lease_until > self.now_ms
+        {
+            return (
+                CursorClaim::Busy {
+                    owner: row.owner.clone(),
+                },
+                None,
+            );
+        }
+        let position = self.position.or(stored.and_then(|row| row.position));
+        let row = CursorRow {
+            position,
+            owner: self.owner.clone(),
+            lease_until: self.now_ms + self.lease_ms,
+        };
+        (CursorClaim::Held { position }, Some(row))
+    }
+}
+
 /// A missing or malformed stored hash reads as zeros; verification reports the entry.
 pub fn hash_or_zeros(value: Option<Vec<u8>>) -> Hash {
     value.and_then(|h| h.try_into().ok()).unwrap_or([0; 32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(owner: &str, position: Option<u64>, now_ms: i64) -> CursorWrite {
+        CursorWrite {
+            name: "siem".into(),
+            owner: owner.into(),
+            position,
+            now_ms,
+            lease_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_held_until_it_lapses_then_taken_over_with_the_saved_position() {
+        let (claim, row) = write("a", Some(7), 0).apply(None);
+        assert_eq!(claim, CursorClaim::Held { position: Some(7) });
+        let row = row.unwrap();
+        assert_eq!(row.lease_until, 1000);
+        // Another owner, while the lease runs: refused, nothing to store.
+        let (claim, nothing) = write("b", Some(9), 999).apply(Some(row.clone()));
+        assert_eq!(claim, CursorClaim::Busy { owner: "a".into() });
+        assert_eq!(nothing, None);
+        // The holder renews; after it lapses, another takes over from the saved position.
+        let (_, renewed) = write("a", None, 500).apply(Some(row));
+        let renewed = renewed.unwrap();
+        assert_eq!((renewed.position, renewed.lease_until), (Some(7), 1500));
+        let (claim, taken) = write("b", None, 1500).apply(Some(renewed));
+        assert_eq!(claim, CursorClaim::Held { position: Some(7) });
+        assert_eq!(taken.unwrap().owner, "b");
+    }
 }

@@ -493,6 +493,31 @@ pub async fn stats_count_what_reads_return(fixture: &dyn Fixture) {
     log.close().await;
 }
 
+/// A durable cursor's position is saved with the log under its holder's lease: another owner
+/// is refused while the lease runs and changes nothing; the position survives a reopen.
+pub async fn cursors_keep_positions_under_a_lease(fixture: &dyn Fixture) {
+    use super::CursorClaim::{Busy, Held};
+    let log = open(fixture.backend());
+    let claim = |owner: &'static str, position| {
+        let log = log.clone();
+        async move { log.cursor("siem", owner, position).await.expect("cursor") }
+    };
+    assert_eq!(claim("a", None).await, Held { position: None });
+    assert_eq!(claim("a", Some(5)).await, Held { position: Some(5) });
+    assert_eq!(claim("b", None).await, Busy { owner: "a".into() });
+    assert_eq!(claim("b", Some(9)).await, Busy { owner: "a".into() });
+    assert_eq!(claim("a", None).await, Held { position: Some(5) });
+    // Cursor writes ride on groups of entries too.
+    let (appended, saved) = tokio::join!(log.append(vec![new_entry(1)]), claim("a", Some(6)));
+    appended.expect("append");
+    assert_eq!(saved, Held { position: Some(6) });
+    log.close().await;
+    let log = open(fixture.backend());
+    assert_eq!(log.cursor_position("siem").await.expect("read"), Some(6));
+    assert_eq!(log.cursor_position("other").await.expect("read"), None);
+    log.close().await;
+}
+
 /// Runs every conformance test on the backend of a fixture constructor.
 macro_rules! conformance_tests {
     ($fixture:expr) => {
@@ -519,6 +544,11 @@ macro_rules! conformance_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn stats_count_what_reads_return() {
             $crate::store::conformance::stats_count_what_reads_return(&$fixture).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cursors_keep_positions_under_a_lease() {
+            $crate::store::conformance::cursors_keep_positions_under_a_lease(&$fixture).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

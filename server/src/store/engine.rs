@@ -18,12 +18,12 @@ use audit_ledger::{Hash, PublicKey, SigningKey};
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use super::backend::{Backend, Reader};
+use super::backend::{Backend, CursorWrite, Reader};
 use super::recent::{self, Recent};
 use super::signer::{Checkpointing, Signer};
 use super::verify::{self, Refusal};
 use super::writer::{WriteJob, Writer};
-use super::{Page, Read, Receipt, Stats, StatsQuery, Store, StoredCheckpoint};
+use super::{CursorClaim, Page, Read, Receipt, Stats, StatsQuery, Store, StoredCheckpoint};
 use crate::error::Error;
 use crate::validate::NewEntry;
 
@@ -254,6 +254,20 @@ impl Log {
         (self.inner.max_pending_bytes as usize).saturating_sub(free)
     }
 
+    /// Hands a job to the writer.
+    fn queue(&self, job: WriteJob) -> Result<(), Error> {
+        let jobs = self.inner.jobs.read().expect("jobs lock").clone();
+        jobs.ok_or(Error::ShuttingDown)?
+            .send(job)
+            .map_err(|_| Error::ShuttingDown)
+    }
+
+    /// The saved position of durable cursor `name`, read without claiming it.
+    pub async fn cursor_position(&self, name: &str) -> Result<Option<u64>, Error> {
+        let name = name.to_string();
+        self.with_reader(move |r| r.cursor_position(&name)).await
+    }
+
     /// Runs `work` on a pooled read connection.
     async fn with_reader<T: Send + 'static>(
         &self,
@@ -309,14 +323,48 @@ impl Store for Log {
         let (reply, response) = oneshot::channel();
         let job = WriteJob {
             entries,
+            cursor: None,
             reply,
             _pending: pending,
         };
-        let jobs = self.inner.jobs.read().expect("jobs lock").clone();
-        jobs.ok_or(Error::ShuttingDown)?
-            .send(job)
-            .map_err(|_| Error::ShuttingDown)?;
+        self.queue(job)?;
         response.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn cursor(
+        &self,
+        name: &str,
+        owner: &str,
+        position: Option<u64>,
+    ) -> Result<CursorClaim, Error> {
+        if let Some(reason) = &self.inner.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let write = CursorWrite {
+            name: name.to_string(),
+            owner: owner.to_string(),
+            position,
+            now_ms,
+            lease_ms: super::CURSOR_LEASE.as_millis() as i64,
+        };
+        let pending = self
+            .inner
+            .pending_bytes
+            .clone()
+            .try_acquire_many_owned(queued_bytes(&[]) as u32)
+            .map_err(|_| Error::Overloaded("write queue is full; retry later".into()))?;
+        let (claim, claimed) = oneshot::channel();
+        let (reply, _) = oneshot::channel();
+        self.queue(WriteJob {
+            entries: Vec::new(),
+            cursor: Some((write, claim)),
+            reply,
+            _pending: pending,
+        })?;
+        claimed.await.map_err(|_| Error::ShuttingDown)?
     }
 
     async fn read(&self, read: Read) -> Result<Page, Error> {

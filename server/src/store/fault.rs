@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::backend::{
-    Backend, BackendError, HeadFollower, NewCheckpoint, Reader, Row, StoredId, Tip,
+    Backend, BackendError, CursorWrite, HeadFollower, NewCheckpoint, Reader, Row, StoredId, Tip,
 };
 use crate::error::Error;
 
@@ -160,6 +160,10 @@ impl Backend for FaultBackend {
     fn insert_checkpoint(&mut self, checkpoint: &NewCheckpoint) -> Result<(), BackendError> {
         self.hit(Point::SignCheckpoint)?;
         self.inner.insert_checkpoint(checkpoint)
+    }
+
+    fn cursor(&mut self, write: &CursorWrite) -> Result<super::CursorClaim, BackendError> {
+        self.inner.cursor(write)
     }
 
     fn commit(&mut self, tip: &Tip) -> Result<(), BackendError> {

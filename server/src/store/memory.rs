@@ -14,10 +14,13 @@ use prost::Message;
 
 use super::aggregate::{BucketCount, ValueCount};
 use super::backend::{
-    Backend, BackendError, HeadFollower, NewCheckpoint, Reader, Row, StoredEntry, StoredId, Tip,
+    Backend, BackendError, CursorRow, CursorWrite, HeadFollower, NewCheckpoint, Reader, Row,
+    StoredEntry, StoredId, Tip,
 };
 use super::filter::matches;
-use super::{Direction, Page, Read, Receipt, StartupCheck, Stats, StatsQuery, StoredCheckpoint};
+use super::{
+    CursorClaim, Direction, Page, Read, Receipt, StartupCheck, Stats, StatsQuery, StoredCheckpoint,
+};
 use crate::error::Error;
 use crate::validate::timestamp_nanos;
 
@@ -42,6 +45,7 @@ struct State {
     ids: HashMap<String, u64>,
     checkpoints: Vec<StoredCheckpoint>,
     tip: Option<Tip>,
+    cursors: HashMap<String, CursorRow>,
 }
 
 /// A database in memory, shared by the backends (and replicas) opened on it.
@@ -107,6 +111,7 @@ impl MemoryDatabase {
 struct Staged {
     rows: Vec<(u64, StoredRow)>,
     checkpoints: Vec<NewCheckpoint>,
+    cursors: Vec<(String, CursorRow)>,
 }
 
 struct MemoryBackend {
@@ -199,6 +204,23 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn cursor(&mut self, write: &CursorWrite) -> Result<CursorClaim, BackendError> {
+        self.db.check_up()?;
+        let staged = self.staged.as_mut().expect("a group is open");
+        let stored = staged
+            .cursors
+            .iter()
+            .rev()
+            .find(|(name, _)| *name == write.name)
+            .map(|(_, row)| row.clone())
+            .or_else(|| self.db.state().cursors.get(&write.name).cloned());
+        let (claim, row) = write.apply(stored);
+        if let Some(row) = row {
+            staged.cursors.push((write.name.clone(), row));
+        }
+        Ok(claim)
+    }
+
     fn commit(&mut self, tip: &Tip) -> Result<(), BackendError> {
         let Some(staged) = self.staged.take() else {
             return Err(BackendError::Failed("no open group".into()));
@@ -228,6 +250,7 @@ impl Backend for MemoryBackend {
                     note: checkpoint.note,
                 });
             }
+            state.cursors.extend(staged.cursors);
             state.tip = Some(tip.clone());
         }
         self.db.unlock();
@@ -408,6 +431,16 @@ impl Reader for MemoryReader {
     fn head(&mut self) -> Result<u64, Error> {
         self.up()?;
         Ok(self.db.state().tip.as_ref().map_or(0, |t| t.sequence))
+    }
+
+    fn cursor_position(&mut self, name: &str) -> Result<Option<u64>, Error> {
+        self.up()?;
+        Ok(self
+            .db
+            .state()
+            .cursors
+            .get(name)
+            .and_then(|row| row.position))
     }
 
     fn stats(&mut self, query: &StatsQuery) -> Result<Stats, Error> {

@@ -30,6 +30,9 @@ use crate::validate::NewEntry;
 
 pub use aggregate::{Stats, StatsQuery};
 pub use engine::Log;
+
+/// How long a durable cursor's lease lasts after its holder's last write.
+pub const CURSOR_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 pub use signer::{Checkpointing, StartupCheck};
 
 /// Where a stored entry landed.
@@ -157,6 +160,21 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// A durable cursor (a forwarder) as one server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorClaim {
+    /// This server holds the cursor's lease; its saved position, if one was saved.
+    Held {
+        /// The saved position.
+        position: Option<u64>,
+    },
+    /// Another server holds the lease until it lapses.
+    Busy {
+        /// Who holds it.
+        owner: String,
+    },
+}
+
 /// A durable, append-only audit log.
 pub trait Store: Send + Sync + 'static {
     /// Appends entries atomically: every entry is committed and synced to stable storage, or none
@@ -205,6 +223,16 @@ pub trait Store: Send + Sync + 'static {
     /// Counts of the entries matching `query.filter` per time bucket and outcome, and its most
     /// frequent principals and methods (the web console's charts).
     fn stats(&self, query: StatsQuery) -> impl Future<Output = Result<Stats, Error>> + Send;
+
+    /// Claims (or renews) the lease of durable cursor `name` for `owner` and, with `position`,
+    /// saves it; committed with the log before it returns. Several servers sharing a log drive
+    /// each cursor one at a time: a lease lasts [`CURSOR_LEASE`] from its last write.
+    fn cursor(
+        &self,
+        name: &str,
+        owner: &str,
+        position: Option<u64>,
+    ) -> impl Future<Output = Result<CursorClaim, Error>> + Send;
 
     /// The sequence of the newest committed entry (0 when empty), updated after each commit.
     fn head(&self) -> watch::Receiver<u64>;

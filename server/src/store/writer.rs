@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
+use super::CursorClaim;
 use super::Receipt;
-use super::backend::{Backend, BackendError, NewCheckpoint, Row, StoredId, Tip};
+use super::backend::{Backend, BackendError, CursorWrite, NewCheckpoint, Row, StoredId, Tip};
 use super::engine::{EntryOutcome, ObserverSlot, advance};
 use super::recent::{Kept, Recent};
 use super::signer::Signer;
@@ -27,10 +28,23 @@ use crate::validate::NewEntry;
 pub struct WriteJob {
     /// The entries to append atomically.
     pub entries: Vec<NewEntry>,
+    /// A durable cursor's lease and position to write in the same group, and where its
+    /// outcome goes.
+    pub cursor: Option<(CursorWrite, oneshot::Sender<Result<CursorClaim, Error>>)>,
     /// Where the outcome goes.
     pub reply: oneshot::Sender<Result<Vec<Receipt>, Error>>,
     /// Released once the job is answered.
     pub _pending: OwnedSemaphorePermit,
+}
+
+impl WriteJob {
+    /// Answers the job, and its cursor write, with `error`.
+    fn refuse(self, error: Error) {
+        if let Some((_, reply)) = self.cursor {
+            let _ = reply.send(Err(Error::StoreFailed(error.to_string())));
+        }
+        let _ = self.reply.send(Err(error));
+    }
 }
 
 /// How often a shared backend that lost its database tries to reconnect.
@@ -197,7 +211,7 @@ impl Writer {
             }
             if self.health != Health::Writable {
                 for job in group {
-                    let _ = job.reply.send(Err(self.refusal()));
+                    job.refuse(self.refusal());
                 }
                 continue;
             }
@@ -222,14 +236,14 @@ impl Writer {
     fn commit_group(&mut self, mut group: Vec<WriteJob>) {
         let before = self.tip.sequence;
         let started = Instant::now();
-        let (outcomes, tip, signed) = match self.apply(&group) {
+        let (outcomes, claims, tip, signed) = match self.apply(&group) {
             Ok(applied) => applied,
             Err(error) => {
                 self.backend.rollback();
                 self.failed(&error, "store write failed");
                 self.observe_failed(&group);
                 for job in group {
-                    let _ = job.reply.send(Err(Error::StoreFailed(error.to_string())));
+                    job.refuse(Error::StoreFailed(error.to_string()));
                 }
                 return;
             }
@@ -239,10 +253,10 @@ impl Writer {
             if !committed {
                 self.observe_failed(&group);
                 for job in group {
-                    let _ = job.reply.send(Err(Error::StoreFailed(format!(
+                    job.refuse(Error::StoreFailed(format!(
                         "{error}; the entries were not stored, or their outcome is unknown: \
                          retry with the same ids"
-                    ))));
+                    )));
                 }
                 return;
             }
@@ -255,7 +269,10 @@ impl Writer {
         if self.tip.sequence != before {
             advance(&self.head, self.tip.sequence);
         }
-        for (job, outcome) in group.into_iter().zip(outcomes) {
+        for ((job, outcome), claim) in group.into_iter().zip(outcomes).zip(claims) {
+            if let (Some((_, reply)), Some(claim)) = (job.cursor, claim) {
+                let _ = reply.send(Ok(claim));
+            }
             let result = outcome
                 .map_err(|JobFailure::Conflict { field, id }| Error::IdConflict { field, id });
             let _ = job.reply.send(result);
@@ -290,7 +307,11 @@ impl Writer {
                 Err(JobFailure::Conflict { .. }) => conflict += job.entries.len(),
             }
         }
-        observer.committed(group.iter().map(|j| j.entries.len()).sum(), took);
+        let entries: usize = group.iter().map(|j| j.entries.len()).sum();
+        // A group of forwarder position saves only is not an entry commit.
+        if entries > 0 {
+            observer.committed(entries, took);
+        }
         for (outcome, count) in [
             (EntryOutcome::Stored, stored),
             (EntryOutcome::Retried, retried),
@@ -322,6 +343,7 @@ impl Writer {
     ) -> Result<
         (
             Vec<Result<Vec<Receipt>, JobFailure>>,
+            Vec<Option<CursorClaim>>,
             Tip,
             Option<NewCheckpoint>,
         ),
@@ -341,6 +363,13 @@ impl Writer {
         if !group_rows.rows.is_empty() {
             self.backend.insert(&group_rows.rows)?;
         }
+        let mut claims = Vec::with_capacity(group.len());
+        for job in group {
+            claims.push(match &job.cursor {
+                Some((write, _)) => Some(self.backend.cursor(write)?),
+                None => None,
+            });
+        }
         // A due checkpoint rides on this commit: no extra sync.
         let signed = if self.signer.due(&tip) {
             let checkpoint = self.signer.sign(&tip);
@@ -350,7 +379,7 @@ impl Writer {
         } else {
             None
         };
-        Ok((outcomes, tip, signed))
+        Ok((outcomes, claims, tip, signed))
     }
 
     /// Applies one request: entries whose client-chosen id is already stored are not stored

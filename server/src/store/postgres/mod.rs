@@ -25,8 +25,10 @@ use audit_ledger::merkle::Frontier;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
+use super::CursorClaim;
 use super::backend::{
-    Backend, BackendError, HeadFollower, NewCheckpoint, Reader, Row, StoredId, Tip, hash_or_zeros,
+    Backend, BackendError, CursorRow, CursorWrite, HeadFollower, NewCheckpoint, Reader, Row,
+    StoredId, Tip, hash_or_zeros,
 };
 use super::engine::{self, Log};
 use super::filter::caller_identity;
@@ -414,6 +416,36 @@ impl Backend for PostgresBackend {
             )
         })?;
         Ok(())
+    }
+
+    fn cursor(&mut self, write: &CursorWrite) -> Result<CursorClaim, BackendError> {
+        let name = write.name.clone();
+        let stored = self
+            .call(|client| {
+                client.query_opt(
+                    "SELECT position, owner, lease_until FROM cursors WHERE name = $1",
+                    &[&name],
+                )
+            })?
+            .map(|row| CursorRow {
+                position: row.get::<_, Option<i64>>(0).map(|p| p as u64),
+                owner: row.get(1),
+                lease_until: row.get(2),
+            });
+        let (claim, row) = write.apply(stored);
+        if let Some(row) = row {
+            let position = row.position.map(|p| p as i64);
+            self.call(|client| {
+                client.execute(
+                    "INSERT INTO cursors (name, position, owner, lease_until) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
+                     position = excluded.position, owner = excluded.owner, \
+                     lease_until = excluded.lease_until",
+                    &[&name, &position, &row.owner, &row.lease_until],
+                )
+            })?;
+        }
+        Ok(claim)
     }
 
     fn commit(&mut self, tip: &Tip) -> Result<(), BackendError> {

@@ -249,6 +249,14 @@ impl Reader for PostgresReader {
         Ok(rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64))
     }
 
+    fn cursor_position(&mut self, name: &str) -> Result<Option<u64>, Error> {
+        let rows = self.query("SELECT position FROM cursors WHERE name = $1", &[&name])?;
+        Ok(rows
+            .first()
+            .and_then(|row| row.get::<_, Option<i64>>(0))
+            .map(|p| p as u64))
+    }
+
     fn stats(&mut self, query: &StatsQuery) -> Result<Stats, Error> {
         let sql = StatsSql::new(query, Dialect::Postgres);
         self.begin_snapshot()?;

@@ -9,10 +9,11 @@ use postgres::Client;
 use crate::error::Error;
 
 /// The newest schema version this server knows.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE entries (
     sequence    bigint PRIMARY KEY,
     id          uuid NOT NULL UNIQUE,
@@ -58,7 +59,18 @@ CREATE TABLE log_tip (
     frontier    bytea NOT NULL,
     signed_size bigint NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Saved positions of durable cursors (forwarders), and the lease that lets one replica at a
+-- time drive each.
+CREATE TABLE cursors (
+    name        text PRIMARY KEY,
+    position    bigint,
+    owner       text NOT NULL,
+    lease_until bigint NOT NULL
+);
+"#,
+];
 
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x6175_6469_745f_7631; // "audit_v1"

@@ -21,7 +21,10 @@ use audit_proto::pb::AuditEntry;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::backend::{Backend, BackendError, NewCheckpoint, Reader, Row, StoredId, Tip};
+use super::CursorClaim;
+use super::backend::{
+    Backend, BackendError, CursorRow, CursorWrite, NewCheckpoint, Reader, Row, StoredId, Tip,
+};
 use super::engine::{self, Log};
 use super::filter::caller_identity;
 use super::signer;
@@ -31,7 +34,7 @@ use crate::validate::timestamp_nanos;
 
 pub use direct::DirectWriter;
 
-use audit_ledger::sqlite::{SCHEMA_1 as SCHEMA, SCHEMA_2, SCHEMA_VERSION};
+use audit_ledger::sqlite::{SCHEMA_1 as SCHEMA, SCHEMA_2, SCHEMA_3, SCHEMA_VERSION};
 
 const INSERT: &str = "INSERT INTO entries (sequence, id, digest, request_id, time_ns, received_ns,
     source, method, event, category, resource, level, outcome, status_code, principal, spiffe_id,
@@ -195,6 +198,43 @@ impl Backend for SqliteBackend {
             })
             .map_err(failed)?;
         Ok(())
+    }
+
+    fn cursor(&mut self, write: &CursorWrite) -> Result<CursorClaim, BackendError> {
+        let stored = self
+            .conn
+            .prepare_cached("SELECT position, owner, lease_until FROM cursors WHERE name = ?")
+            .and_then(|mut select| {
+                select
+                    .query_row([&write.name], |row| {
+                        Ok(CursorRow {
+                            position: row.get::<_, Option<i64>>(0)?.map(|p| p as u64),
+                            owner: row.get(1)?,
+                            lease_until: row.get(2)?,
+                        })
+                    })
+                    .optional()
+            })
+            .map_err(failed)?;
+        let (claim, row) = write.apply(stored);
+        if let Some(row) = row {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO cursors (name, position, owner, lease_until) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
+                     owner = excluded.owner, lease_until = excluded.lease_until",
+                )
+                .and_then(|mut upsert| {
+                    upsert.execute(rusqlite::params![
+                        write.name,
+                        row.position.map(|p| p as i64),
+                        row.owner,
+                        row.lease_until
+                    ])
+                })
+                .map_err(failed)?;
+        }
+        Ok(claim)
     }
 
     fn commit(&mut self, _tip: &Tip) -> Result<(), BackendError> {
@@ -440,6 +480,7 @@ fn migrate(conn: &mut Connection) -> Result<bool, Error> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SCHEMA)?;
             tx.execute_batch(SCHEMA_2)?;
+            tx.execute_batch(SCHEMA_3)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
             Ok(false)
@@ -449,10 +490,19 @@ fn migrate(conn: &mut Connection) -> Result<bool, Error> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SCHEMA_2)?;
             hash_existing_rows(&tx)?;
+            tx.execute_batch(SCHEMA_3)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
-            tracing::info!("store migrated to schema version 2: entries hashed and chained");
+            tracing::info!("store migrated to schema version 3: entries hashed and chained");
             Ok(true)
+        }
+        2 => {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(SCHEMA_3)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            tracing::info!("store migrated to schema version 3: cursor positions");
+            Ok(false)
         }
         SCHEMA_VERSION => Ok(false),
         newer => Err(Error::StoreFailed(format!(

@@ -191,6 +191,18 @@ impl Reader for SqliteReader {
         Ok(head as u64)
     }
 
+    fn cursor_position(&mut self, name: &str) -> Result<Option<u64>, Error> {
+        let position: Option<Option<i64>> = self
+            .conn
+            .query_row(
+                "SELECT position FROM cursors WHERE name = ?",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(position.flatten().map(|p| p as u64))
+    }
+
     fn stats(&mut self, query: &StatsQuery) -> Result<Stats, Error> {
         crate::store::aggregate::stats(&self.conn, query)
     }
