@@ -136,6 +136,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA_1).unwrap();
         conn.execute_batch(SCHEMA_2).unwrap();
+        conn.execute_batch(SCHEMA_3).unwrap();
         conn.execute(
             "INSERT INTO entries VALUES (1, x'01', x'02', 'r', 0, 0, 's', 'm', 'e', 'c', 'x', 2, \
              1, 0, 'mallory', '', '{}', x'', NULL, NULL)",
@@ -174,6 +175,7 @@ mod tests {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(SCHEMA_1).unwrap();
             conn.execute_batch(SCHEMA_2).unwrap();
+            conn.execute_batch(SCHEMA_3).unwrap();
             conn.execute(
                 "INSERT INTO entries VALUES (1, x'01', x'02', 'r', 0, 0, 's', 'm', 'e', 'c', 'x', \
                  2, 1, 0, 'mallory', '', '{}', x'', NULL, NULL)",

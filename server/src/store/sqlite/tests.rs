@@ -149,3 +149,26 @@ async fn an_edited_unsigned_entry_is_found_at_start() {
     );
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_version_2_store_opens_migrated_with_its_log_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 6).await;
+    // As a store of schema version 2 was: no cursors table.
+    Connection::open(dir.path().join("audit.db"))
+        .unwrap()
+        .execute_batch("DROP TABLE cursors; PRAGMA user_version = 2;")
+        .unwrap();
+    let store = open_log(dir.path(), 4, 64 << 20);
+    assert!(*store.writable().borrow(), "verified and writable");
+    assert_eq!(*store.head().borrow(), 6);
+    let receipt = store.append(vec![entry(7)]).await.expect("append");
+    assert_eq!(receipt[0].sequence, 7);
+    store.close().await;
+    let db = Connection::open(dir.path().join("audit.db")).unwrap();
+    assert_eq!(audit_ledger::sqlite::check_schema(&db), Ok(()));
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, audit_ledger::sqlite::SCHEMA_VERSION);
+}
