@@ -443,7 +443,11 @@ impl Writer {
                 receipts.push(receipt);
                 continue;
             }
-            if let Some(index) = group.ids.get(new.entry.id.as_str()) {
+            if let Some(index) = new
+                .client_id
+                .then(|| group.ids.get(new.entry.id.as_str()))
+                .flatten()
+            {
                 // Earlier in this request, with the same content (checked above).
                 receipts.push(receipt_of(&group.rows[*index]));
                 continue;
@@ -459,7 +463,10 @@ impl Writer {
                 chain_hash,
             };
             receipts.push(receipt_of(&row));
-            group.ids.insert(new.entry.id.as_str(), group.rows.len());
+            // Only a client-chosen id can come again; server ids are fresh UUIDv7s.
+            if new.client_id {
+                group.ids.insert(new.entry.id.as_str(), group.rows.len());
+            }
             group.rows.push(row);
         }
         Ok(Ok(receipts))
