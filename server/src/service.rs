@@ -7,7 +7,8 @@ use std::sync::Arc;
 use audit_proto::pb::{
     GetCheckpointRequest, GetCheckpointResponse, GetConsistencyProofRequest,
     GetConsistencyProofResponse, GetInclusionProofRequest, GetInclusionProofResponse,
-    ListCheckpointsRequest, ListCheckpointsResponse, Order, QueryRequest, QueryResponse,
+    HashValueRequest, HashValueResponse, ListCheckpointsRequest, ListCheckpointsResponse,
+    ListForwardersRequest, ListForwardersResponse, Order, QueryRequest, QueryResponse,
     RecordBatchRequest, RecordBatchResponse, RecordRequest, RecordResponse, SubscribeRequest,
     audit_service_server, start_position::Position,
 };
@@ -36,6 +37,8 @@ const GET_CHECKPOINT: &str = "/audit.v1.AuditService/GetCheckpoint";
 const LIST_CHECKPOINTS: &str = "/audit.v1.AuditService/ListCheckpoints";
 const GET_INCLUSION_PROOF: &str = "/audit.v1.AuditService/GetInclusionProof";
 const GET_CONSISTENCY_PROOF: &str = "/audit.v1.AuditService/GetConsistencyProof";
+const LIST_FORWARDERS: &str = "/audit.v1.AuditService/ListForwarders";
+const HASH_VALUE: &str = "/audit.v1.AuditService/HashValue";
 
 /// The audit service over a store.
 pub struct AuditService<S> {
@@ -290,6 +293,26 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
             .await?;
         let response = evidence::consistency_proof(&self.store, request.into_inner()).await?;
         Ok(Response::new(response))
+    }
+
+    async fn list_forwarders(
+        &self,
+        request: Request<ListForwardersRequest>,
+    ) -> Result<Response<ListForwardersResponse>, Status> {
+        self.authorize(&request, LIST_FORWARDERS, Permission::Read)
+            .await?;
+        Err(Status::unimplemented(
+            "ListForwarders is not implemented yet",
+        ))
+    }
+
+    async fn hash_value(
+        &self,
+        request: Request<HashValueRequest>,
+    ) -> Result<Response<HashValueResponse>, Status> {
+        self.authorize(&request, HASH_VALUE, Permission::Admin)
+            .await?;
+        Err(Status::unimplemented("HashValue is not implemented yet"))
     }
 }
 

@@ -1,6 +1,7 @@
 import datetime
 
 from audit.v1 import entry_pb2 as _entry_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -16,9 +17,22 @@ class Order(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_UNSPECIFIED: _ClassVar[Order]
     ORDER_ASCENDING: _ClassVar[Order]
     ORDER_DESCENDING: _ClassVar[Order]
+
+class ForwarderState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FORWARDER_STATE_UNSPECIFIED: _ClassVar[ForwarderState]
+    FORWARDER_STATE_RUNNING: _ClassVar[ForwarderState]
+    FORWARDER_STATE_RETRYING: _ClassVar[ForwarderState]
+    FORWARDER_STATE_HALTED: _ClassVar[ForwarderState]
+    FORWARDER_STATE_STANDBY: _ClassVar[ForwarderState]
 ORDER_UNSPECIFIED: Order
 ORDER_ASCENDING: Order
 ORDER_DESCENDING: Order
+FORWARDER_STATE_UNSPECIFIED: ForwarderState
+FORWARDER_STATE_RUNNING: ForwarderState
+FORWARDER_STATE_RETRYING: ForwarderState
+FORWARDER_STATE_HALTED: ForwarderState
+FORWARDER_STATE_STANDBY: ForwarderState
 
 class RecordRequest(_message.Message):
     __slots__ = ("entry",)
@@ -230,3 +244,51 @@ class GetConsistencyProofResponse(_message.Message):
     second_size: int
     hashes: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, first_size: _Optional[int] = ..., second_size: _Optional[int] = ..., hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ListForwardersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListForwardersResponse(_message.Message):
+    __slots__ = ("forwarders",)
+    FORWARDERS_FIELD_NUMBER: _ClassVar[int]
+    forwarders: _containers.RepeatedCompositeFieldContainer[ForwarderStatus]
+    def __init__(self, forwarders: _Optional[_Iterable[_Union[ForwarderStatus, _Mapping]]] = ...) -> None: ...
+
+class ForwarderStatus(_message.Message):
+    __slots__ = ("name", "destination", "format", "state", "position", "lag_entries", "lag", "last_error", "last_error_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    destination: str
+    format: str
+    state: ForwarderState
+    position: int
+    lag_entries: int
+    lag: _duration_pb2.Duration
+    last_error: str
+    last_error_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., format: _Optional[str] = ..., state: _Optional[_Union[ForwarderState, str]] = ..., position: _Optional[int] = ..., lag_entries: _Optional[int] = ..., lag: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., last_error: _Optional[str] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class HashValueRequest(_message.Message):
+    __slots__ = ("value", "key_id")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    key_id: str
+    def __init__(self, value: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class HashValueResponse(_message.Message):
+    __slots__ = ("hash", "key_id")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    hash: str
+    key_id: str
+    def __init__(self, hash: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...

@@ -75,6 +75,16 @@ class AuditServiceStub:
                 request_serializer=audit_dot_v1_dot_service__pb2.GetConsistencyProofRequest.SerializeToString,
                 response_deserializer=audit_dot_v1_dot_service__pb2.GetConsistencyProofResponse.FromString,
                 _registered_method=True)
+        self.ListForwarders = channel.unary_unary(
+                '/audit.v1.AuditService/ListForwarders',
+                request_serializer=audit_dot_v1_dot_service__pb2.ListForwardersRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_service__pb2.ListForwardersResponse.FromString,
+                _registered_method=True)
+        self.HashValue = channel.unary_unary(
+                '/audit.v1.AuditService/HashValue',
+                request_serializer=audit_dot_v1_dot_service__pb2.HashValueRequest.SerializeToString,
+                response_deserializer=audit_dot_v1_dot_service__pb2.HashValueResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -146,6 +156,23 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListForwarders(self, request, context):
+        """ListForwarders reports each configured forwarder: its position in the log, its lag, its state
+        and its last error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HashValue(self, request, context):
+        """HashValue computes the keyed hash that redaction stores in place of a secret value, so that an
+        administrator can search for a known value without the trail holding it in clear. The call is
+        itself audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +215,16 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.GetConsistencyProof,
                     request_deserializer=audit_dot_v1_dot_service__pb2.GetConsistencyProofRequest.FromString,
                     response_serializer=audit_dot_v1_dot_service__pb2.GetConsistencyProofResponse.SerializeToString,
+            ),
+            'ListForwarders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListForwarders,
+                    request_deserializer=audit_dot_v1_dot_service__pb2.ListForwardersRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_service__pb2.ListForwardersResponse.SerializeToString,
+            ),
+            'HashValue': grpc.unary_unary_rpc_method_handler(
+                    servicer.HashValue,
+                    request_deserializer=audit_dot_v1_dot_service__pb2.HashValueRequest.FromString,
+                    response_serializer=audit_dot_v1_dot_service__pb2.HashValueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +444,60 @@ class AuditService:
             '/audit.v1.AuditService/GetConsistencyProof',
             audit_dot_v1_dot_service__pb2.GetConsistencyProofRequest.SerializeToString,
             audit_dot_v1_dot_service__pb2.GetConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListForwarders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AuditService/ListForwarders',
+            audit_dot_v1_dot_service__pb2.ListForwardersRequest.SerializeToString,
+            audit_dot_v1_dot_service__pb2.ListForwardersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HashValue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audit.v1.AuditService/HashValue',
+            audit_dot_v1_dot_service__pb2.HashValueRequest.SerializeToString,
+            audit_dot_v1_dot_service__pb2.HashValueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,15 +6,15 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { AuditEntry, Level, Outcome } from "./entry_pb.js";
 import { file_audit_v1_entry } from "./entry_pb.js";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file audit/v1/service.proto.
  */
 export const file_audit_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("ChZhdWRpdC92MS9zZXJ2aWNlLnByb3RvEghhdWRpdC52MSI0Cg1SZWNvcmRSZXF1ZXN0EiMKBWVudHJ5GAEgASgLMhQuYXVkaXQudjEuQXVkaXRFbnRyeSJCCg5SZWNvcmRSZXNwb25zZRIKCgJpZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBISCgplbnRyeV9oYXNoGAMgASgMIk8KElJlY29yZEJhdGNoUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEiUKB2VudHJpZXMYAiADKAsyFC5hdWRpdC52MS5BdWRpdEVudHJ5Il8KE1JlY29yZEJhdGNoUmVzcG9uc2USEgoKcmVxdWVzdF9pZBgBIAEoCRILCgNpZHMYAiADKAkSEQoJc2VxdWVuY2VzGAMgAygEEhQKDGVudHJ5X2hhc2hlcxgEIAMoDCKvAwoGRmlsdGVyEhIKCnJlcXVlc3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEg4KBm1ldGhvZBgDIAEoCRIRCglwcmluY2lwYWwYBCABKAkSEQoJc3BpZmZlX2lkGAUgASgJEiMKCG91dGNvbWVzGAYgAygOMhEuYXVkaXQudjEuT3V0Y29tZRIUCgxzdGF0dXNfY29kZXMYByADKAUSDQoFZXZlbnQYCCABKAkSEAoIY2F0ZWdvcnkYCSABKAkSIgoJbWluX2xldmVsGAogASgOMg8uYXVkaXQudjEuTGV2ZWwSLgoKc3RhcnRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBmxhYmVscxgNIAMoCzIcLmF1ZGl0LnYxLkZpbHRlci5MYWJlbHNFbnRyeRIQCghyZXNvdXJjZRgOIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImoKDVN0YXJ0UG9zaXRpb24SGAoOYWZ0ZXJfc2VxdWVuY2UYASABKARIABIzCg1yZWNlaXZlZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAQgoKCHBvc2l0aW9uIlwKEFN1YnNjcmliZVJlcXVlc3QSIAoGZmlsdGVyGAEgASgLMhAuYXVkaXQudjEuRmlsdGVyEiYKBXN0YXJ0GAIgASgLMhcuYXVkaXQudjEuU3RhcnRQb3NpdGlvbiJvChFTdWJzY3JpYmVSZXNwb25zZRIlCgVlbnRyeRgBIAEoCzIULmF1ZGl0LnYxLkF1ZGl0RW50cnlIABIoCgloZWFydGJlYXQYAiABKAsyEy5hdWRpdC52MS5IZWFydGJlYXRIAEIJCgdtZXNzYWdlIkcKCUhlYXJ0YmVhdBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ3CgxRdWVyeVJlcXVlc3QSIAoGZmlsdGVyGAEgASgLMhAuYXVkaXQudjEuRmlsdGVyEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEh4KBW9yZGVyGAQgASgOMg8uYXVkaXQudjEuT3JkZXIiTwoNUXVlcnlSZXNwb25zZRIlCgdlbnRyaWVzGAEgAygLMhQuYXVkaXQudjEuQXVkaXRFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkimAEKCkNoZWNrcG9pbnQSDQoFaW5kZXgYASABKAQSDgoGb3JpZ2luGAIgASgJEgwKBHNpemUYAyABKAQSEQoJcm9vdF9oYXNoGAQgASgMEhIKCmNoYWluX2hhc2gYBSABKAwSKAoEdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEbm90ZRgHIAEoCSIkChRHZXRDaGVja3BvaW50UmVxdWVzdBIMCgRzaXplGAEgASgEIlUKFUdldENoZWNrcG9pbnRSZXNwb25zZRIoCgpjaGVja3BvaW50GAEgASgLMhQuYXVkaXQudjEuQ2hlY2twb2ludBISCgpwdWJsaWNfa2V5GAIgASgJIkAKFkxpc3RDaGVja3BvaW50c1JlcXVlc3QSEwoLYWZ0ZXJfaW5kZXgYASABKAQSEQoJcGFnZV9zaXplGAIgASgNIkQKF0xpc3RDaGVja3BvaW50c1Jlc3BvbnNlEikKC2NoZWNrcG9pbnRzGAEgAygLMhQuYXVkaXQudjEuQ2hlY2twb2ludCI/ChhHZXRJbmNsdXNpb25Qcm9vZlJlcXVlc3QSEAoIc2VxdWVuY2UYASABKAQSEQoJdHJlZV9zaXplGAIgASgEImQKGUdldEluY2x1c2lvblByb29mUmVzcG9uc2USEAoIc2VxdWVuY2UYASABKAQSEQoJdHJlZV9zaXplGAIgASgEEhIKCmVudHJ5X2hhc2gYAyABKAwSDgoGaGFzaGVzGAQgAygMIkUKGkdldENvbnNpc3RlbmN5UHJvb2ZSZXF1ZXN0EhIKCmZpcnN0X3NpemUYASABKAQSEwoLc2Vjb25kX3NpemUYAiABKAQiVgobR2V0Q29uc2lzdGVuY3lQcm9vZlJlc3BvbnNlEhIKCmZpcnN0X3NpemUYASABKAQSEwoLc2Vjb25kX3NpemUYAiABKAQSDgoGaGFzaGVzGAMgAygMKkkKBU9yZGVyEhUKEU9SREVSX1VOU1BFQ0lGSUVEEAASEwoPT1JERVJfQVNDRU5ESU5HEAESFAoQT1JERVJfREVTQ0VORElORxACMoUFCgxBdWRpdFNlcnZpY2USOwoGUmVjb3JkEhcuYXVkaXQudjEuUmVjb3JkUmVxdWVzdBoYLmF1ZGl0LnYxLlJlY29yZFJlc3BvbnNlEkoKC1JlY29yZEJhdGNoEhwuYXVkaXQudjEuUmVjb3JkQmF0Y2hSZXF1ZXN0Gh0uYXVkaXQudjEuUmVjb3JkQmF0Y2hSZXNwb25zZRJGCglTdWJzY3JpYmUSGi5hdWRpdC52MS5TdWJzY3JpYmVSZXF1ZXN0GhsuYXVkaXQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARI4CgVRdWVyeRIWLmF1ZGl0LnYxLlF1ZXJ5UmVxdWVzdBoXLmF1ZGl0LnYxLlF1ZXJ5UmVzcG9uc2USUAoNR2V0Q2hlY2twb2ludBIeLmF1ZGl0LnYxLkdldENoZWNrcG9pbnRSZXF1ZXN0Gh8uYXVkaXQudjEuR2V0Q2hlY2twb2ludFJlc3BvbnNlElYKD0xpc3RDaGVja3BvaW50cxIgLmF1ZGl0LnYxLkxpc3RDaGVja3BvaW50c1JlcXVlc3QaIS5hdWRpdC52MS5MaXN0Q2hlY2twb2ludHNSZXNwb25zZRJcChFHZXRJbmNsdXNpb25Qcm9vZhIiLmF1ZGl0LnYxLkdldEluY2x1c2lvblByb29mUmVxdWVzdBojLmF1ZGl0LnYxLkdldEluY2x1c2lvblByb29mUmVzcG9uc2USYgoTR2V0Q29uc2lzdGVuY3lQcm9vZhIkLmF1ZGl0LnYxLkdldENvbnNpc3RlbmN5UHJvb2ZSZXF1ZXN0GiUuYXVkaXQudjEuR2V0Q29uc2lzdGVuY3lQcm9vZlJlc3BvbnNlQidaJWV4YW1wbGUuY29tL2F1ZGl0c2RrL2F1ZGl0L3YxO2F1ZGl0djFiBnByb3RvMw", [file_audit_v1_entry, file_google_protobuf_timestamp]);
+  fileDesc("ChZhdWRpdC92MS9zZXJ2aWNlLnByb3RvEghhdWRpdC52MSI0Cg1SZWNvcmRSZXF1ZXN0EiMKBWVudHJ5GAEgASgLMhQuYXVkaXQudjEuQXVkaXRFbnRyeSJCCg5SZWNvcmRSZXNwb25zZRIKCgJpZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBISCgplbnRyeV9oYXNoGAMgASgMIk8KElJlY29yZEJhdGNoUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEiUKB2VudHJpZXMYAiADKAsyFC5hdWRpdC52MS5BdWRpdEVudHJ5Il8KE1JlY29yZEJhdGNoUmVzcG9uc2USEgoKcmVxdWVzdF9pZBgBIAEoCRILCgNpZHMYAiADKAkSEQoJc2VxdWVuY2VzGAMgAygEEhQKDGVudHJ5X2hhc2hlcxgEIAMoDCKvAwoGRmlsdGVyEhIKCnJlcXVlc3RfaWQYASABKAkSDgoGc291cmNlGAIgASgJEg4KBm1ldGhvZBgDIAEoCRIRCglwcmluY2lwYWwYBCABKAkSEQoJc3BpZmZlX2lkGAUgASgJEiMKCG91dGNvbWVzGAYgAygOMhEuYXVkaXQudjEuT3V0Y29tZRIUCgxzdGF0dXNfY29kZXMYByADKAUSDQoFZXZlbnQYCCABKAkSEAoIY2F0ZWdvcnkYCSABKAkSIgoJbWluX2xldmVsGAogASgOMg8uYXVkaXQudjEuTGV2ZWwSLgoKc3RhcnRfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBmxhYmVscxgNIAMoCzIcLmF1ZGl0LnYxLkZpbHRlci5MYWJlbHNFbnRyeRIQCghyZXNvdXJjZRgOIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImoKDVN0YXJ0UG9zaXRpb24SGAoOYWZ0ZXJfc2VxdWVuY2UYASABKARIABIzCg1yZWNlaXZlZF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAQgoKCHBvc2l0aW9uIlwKEFN1YnNjcmliZVJlcXVlc3QSIAoGZmlsdGVyGAEgASgLMhAuYXVkaXQudjEuRmlsdGVyEiYKBXN0YXJ0GAIgASgLMhcuYXVkaXQudjEuU3RhcnRQb3NpdGlvbiJvChFTdWJzY3JpYmVSZXNwb25zZRIlCgVlbnRyeRgBIAEoCzIULmF1ZGl0LnYxLkF1ZGl0RW50cnlIABIoCgloZWFydGJlYXQYAiABKAsyEy5hdWRpdC52MS5IZWFydGJlYXRIAEIJCgdtZXNzYWdlIkcKCUhlYXJ0YmVhdBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ3CgxRdWVyeVJlcXVlc3QSIAoGZmlsdGVyGAEgASgLMhAuYXVkaXQudjEuRmlsdGVyEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEh4KBW9yZGVyGAQgASgOMg8uYXVkaXQudjEuT3JkZXIiTwoNUXVlcnlSZXNwb25zZRIlCgdlbnRyaWVzGAEgAygLMhQuYXVkaXQudjEuQXVkaXRFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkimAEKCkNoZWNrcG9pbnQSDQoFaW5kZXgYASABKAQSDgoGb3JpZ2luGAIgASgJEgwKBHNpemUYAyABKAQSEQoJcm9vdF9oYXNoGAQgASgMEhIKCmNoYWluX2hhc2gYBSABKAwSKAoEdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEbm90ZRgHIAEoCSIkChRHZXRDaGVja3BvaW50UmVxdWVzdBIMCgRzaXplGAEgASgEIlUKFUdldENoZWNrcG9pbnRSZXNwb25zZRIoCgpjaGVja3BvaW50GAEgASgLMhQuYXVkaXQudjEuQ2hlY2twb2ludBISCgpwdWJsaWNfa2V5GAIgASgJIkAKFkxpc3RDaGVja3BvaW50c1JlcXVlc3QSEwoLYWZ0ZXJfaW5kZXgYASABKAQSEQoJcGFnZV9zaXplGAIgASgNIkQKF0xpc3RDaGVja3BvaW50c1Jlc3BvbnNlEikKC2NoZWNrcG9pbnRzGAEgAygLMhQuYXVkaXQudjEuQ2hlY2twb2ludCI/ChhHZXRJbmNsdXNpb25Qcm9vZlJlcXVlc3QSEAoIc2VxdWVuY2UYASABKAQSEQoJdHJlZV9zaXplGAIgASgEImQKGUdldEluY2x1c2lvblByb29mUmVzcG9uc2USEAoIc2VxdWVuY2UYASABKAQSEQoJdHJlZV9zaXplGAIgASgEEhIKCmVudHJ5X2hhc2gYAyABKAwSDgoGaGFzaGVzGAQgAygMIkUKGkdldENvbnNpc3RlbmN5UHJvb2ZSZXF1ZXN0EhIKCmZpcnN0X3NpemUYASABKAQSEwoLc2Vjb25kX3NpemUYAiABKAQiVgobR2V0Q29uc2lzdGVuY3lQcm9vZlJlc3BvbnNlEhIKCmZpcnN0X3NpemUYASABKAQSEwoLc2Vjb25kX3NpemUYAiABKAQSDgoGaGFzaGVzGAMgAygMIhcKFUxpc3RGb3J3YXJkZXJzUmVxdWVzdCJHChZMaXN0Rm9yd2FyZGVyc1Jlc3BvbnNlEi0KCmZvcndhcmRlcnMYASADKAsyGS5hdWRpdC52MS5Gb3J3YXJkZXJTdGF0dXMihQIKD0ZvcndhcmRlclN0YXR1cxIMCgRuYW1lGAEgASgJEhMKC2Rlc3RpbmF0aW9uGAIgASgJEg4KBmZvcm1hdBgDIAEoCRInCgVzdGF0ZRgEIAEoDjIYLmF1ZGl0LnYxLkZvcndhcmRlclN0YXRlEhAKCHBvc2l0aW9uGAUgASgEEhMKC2xhZ19lbnRyaWVzGAYgASgEEiYKA2xhZxgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpsYXN0X2Vycm9yGAggASgJEjMKD2xhc3RfZXJyb3JfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMQoQSGFzaFZhbHVlUmVxdWVzdBINCgV2YWx1ZRgBIAEoCRIOCgZrZXlfaWQYAiABKAkiMQoRSGFzaFZhbHVlUmVzcG9uc2USDAoEaGFzaBgBIAEoCRIOCgZrZXlfaWQYAiABKAkqSQoFT3JkZXISFQoRT1JERVJfVU5TUEVDSUZJRUQQABITCg9PUkRFUl9BU0NFTkRJTkcQARIUChBPUkRFUl9ERVNDRU5ESU5HEAIqpQEKDkZvcndhcmRlclN0YXRlEh8KG0ZPUldBUkRFUl9TVEFURV9VTlNQRUNJRklFRBAAEhsKF0ZPUldBUkRFUl9TVEFURV9SVU5OSU5HEAESHAoYRk9SV0FSREVSX1NUQVRFX1JFVFJZSU5HEAISGgoWRk9SV0FSREVSX1NUQVRFX0hBTFRFRBADEhsKF0ZPUldBUkRFUl9TVEFURV9TVEFOREJZEAQyoAYKDEF1ZGl0U2VydmljZRI7CgZSZWNvcmQSFy5hdWRpdC52MS5SZWNvcmRSZXF1ZXN0GhguYXVkaXQudjEuUmVjb3JkUmVzcG9uc2USSgoLUmVjb3JkQmF0Y2gSHC5hdWRpdC52MS5SZWNvcmRCYXRjaFJlcXVlc3QaHS5hdWRpdC52MS5SZWNvcmRCYXRjaFJlc3BvbnNlEkYKCVN1YnNjcmliZRIaLmF1ZGl0LnYxLlN1YnNjcmliZVJlcXVlc3QaGy5hdWRpdC52MS5TdWJzY3JpYmVSZXNwb25zZTABEjgKBVF1ZXJ5EhYuYXVkaXQudjEuUXVlcnlSZXF1ZXN0GhcuYXVkaXQudjEuUXVlcnlSZXNwb25zZRJQCg1HZXRDaGVja3BvaW50Eh4uYXVkaXQudjEuR2V0Q2hlY2twb2ludFJlcXVlc3QaHy5hdWRpdC52MS5HZXRDaGVja3BvaW50UmVzcG9uc2USVgoPTGlzdENoZWNrcG9pbnRzEiAuYXVkaXQudjEuTGlzdENoZWNrcG9pbnRzUmVxdWVzdBohLmF1ZGl0LnYxLkxpc3RDaGVja3BvaW50c1Jlc3BvbnNlElwKEUdldEluY2x1c2lvblByb29mEiIuYXVkaXQudjEuR2V0SW5jbHVzaW9uUHJvb2ZSZXF1ZXN0GiMuYXVkaXQudjEuR2V0SW5jbHVzaW9uUHJvb2ZSZXNwb25zZRJiChNHZXRDb25zaXN0ZW5jeVByb29mEiQuYXVkaXQudjEuR2V0Q29uc2lzdGVuY3lQcm9vZlJlcXVlc3QaJS5hdWRpdC52MS5HZXRDb25zaXN0ZW5jeVByb29mUmVzcG9uc2USUwoOTGlzdEZvcndhcmRlcnMSHy5hdWRpdC52MS5MaXN0Rm9yd2FyZGVyc1JlcXVlc3QaIC5hdWRpdC52MS5MaXN0Rm9yd2FyZGVyc1Jlc3BvbnNlEkQKCUhhc2hWYWx1ZRIaLmF1ZGl0LnYxLkhhc2hWYWx1ZVJlcXVlc3QaGy5hdWRpdC52MS5IYXNoVmFsdWVSZXNwb25zZUInWiVleGFtcGxlLmNvbS9hdWRpdHNkay9hdWRpdC92MTthdWRpdHYxYgZwcm90bzM", [file_audit_v1_entry, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * RecordRequest carries one entry to store.
@@ -762,6 +762,176 @@ export const GetConsistencyProofResponseSchema: GenMessage<GetConsistencyProofRe
   messageDesc(file_audit_v1_service, 19);
 
 /**
+ * ListForwardersRequest asks for the state of every configured forwarder.
+ *
+ * @generated from message audit.v1.ListForwardersRequest
+ */
+export type ListForwardersRequest = Message<"audit.v1.ListForwardersRequest"> & {
+};
+
+/**
+ * Describes the message audit.v1.ListForwardersRequest.
+ * Use `create(ListForwardersRequestSchema)` to create a new message.
+ */
+export const ListForwardersRequestSchema: GenMessage<ListForwardersRequest> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 20);
+
+/**
+ * ListForwardersResponse holds one status per configured forwarder, in configuration order.
+ *
+ * @generated from message audit.v1.ListForwardersResponse
+ */
+export type ListForwardersResponse = Message<"audit.v1.ListForwardersResponse"> & {
+  /**
+   * The forwarders' states.
+   *
+   * @generated from field: repeated audit.v1.ForwarderStatus forwarders = 1;
+   */
+  forwarders: ForwarderStatus[];
+};
+
+/**
+ * Describes the message audit.v1.ListForwardersResponse.
+ * Use `create(ListForwardersResponseSchema)` to create a new message.
+ */
+export const ListForwardersResponseSchema: GenMessage<ListForwardersResponse> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 21);
+
+/**
+ * ForwarderStatus is one forwarder's state as seen by the server that answers.
+ *
+ * @generated from message audit.v1.ForwarderStatus
+ */
+export type ForwarderStatus = Message<"audit.v1.ForwarderStatus"> & {
+  /**
+   * The forwarder's configured name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Its sink's kind and address with any credentials left out (for example `syslog+tcp://host:514`).
+   *
+   * @generated from field: string destination = 2;
+   */
+  destination: string;
+
+  /**
+   * The output format it writes.
+   *
+   * @generated from field: string format = 3;
+   */
+  format: string;
+
+  /**
+   * What it is doing.
+   *
+   * @generated from field: audit.v1.ForwarderState state = 4;
+   */
+  state: ForwarderState;
+
+  /**
+   * Sequence of the last entry its sink acknowledged (0 before the first).
+   *
+   * @generated from field: uint64 position = 5;
+   */
+  position: bigint;
+
+  /**
+   * Entries committed to the log after `position` that match its filter or not: the log's head
+   * minus its position.
+   *
+   * @generated from field: uint64 lag_entries = 6;
+   */
+  lagEntries: bigint;
+
+  /**
+   * Age of the oldest entry not yet acknowledged by its sink (zero when caught up).
+   *
+   * @generated from field: google.protobuf.Duration lag = 7;
+   */
+  lag?: Duration | undefined;
+
+  /**
+   * The last error its sink returned, empty when the last attempt succeeded.
+   *
+   * @generated from field: string last_error = 8;
+   */
+  lastError: string;
+
+  /**
+   * When `last_error` happened.
+   *
+   * @generated from field: google.protobuf.Timestamp last_error_time = 9;
+   */
+  lastErrorTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message audit.v1.ForwarderStatus.
+ * Use `create(ForwarderStatusSchema)` to create a new message.
+ */
+export const ForwarderStatusSchema: GenMessage<ForwarderStatus> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 22);
+
+/**
+ * HashValueRequest carries a value to hash the way redaction hashes it.
+ *
+ * @generated from message audit.v1.HashValueRequest
+ */
+export type HashValueRequest = Message<"audit.v1.HashValueRequest"> & {
+  /**
+   * The value in clear.
+   *
+   * @generated from field: string value = 1;
+   */
+  value: string;
+
+  /**
+   * Id of the redaction key to use; empty for the current key.
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+};
+
+/**
+ * Describes the message audit.v1.HashValueRequest.
+ * Use `create(HashValueRequestSchema)` to create a new message.
+ */
+export const HashValueRequestSchema: GenMessage<HashValueRequest> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 23);
+
+/**
+ * HashValueResponse holds the hash that redaction would have stored for the value.
+ *
+ * @generated from message audit.v1.HashValueResponse
+ */
+export type HashValueResponse = Message<"audit.v1.HashValueResponse"> & {
+  /**
+   * `hmac-sha256:KEYID:HEX`, exactly as stored in a redacted field.
+   *
+   * @generated from field: string hash = 1;
+   */
+  hash: string;
+
+  /**
+   * Id of the key used.
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+};
+
+/**
+ * Describes the message audit.v1.HashValueResponse.
+ * Use `create(HashValueResponseSchema)` to create a new message.
+ */
+export const HashValueResponseSchema: GenMessage<HashValueResponse> = /*@__PURE__*/
+  messageDesc(file_audit_v1_service, 24);
+
+/**
  * Order is the order of query results.
  *
  * @generated from enum audit.v1.Order
@@ -794,6 +964,55 @@ export enum Order {
  */
 export const OrderSchema: GenEnum<Order> = /*@__PURE__*/
   enumDesc(file_audit_v1_service, 0);
+
+/**
+ * ForwarderState says what a forwarder is doing.
+ *
+ * @generated from enum audit.v1.ForwarderState
+ */
+export enum ForwarderState {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: FORWARDER_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Delivering, or caught up and waiting for new entries.
+   *
+   * @generated from enum value: FORWARDER_STATE_RUNNING = 1;
+   */
+  RUNNING = 1,
+
+  /**
+   * Its sink failed; it retries with backoff.
+   *
+   * @generated from enum value: FORWARDER_STATE_RETRYING = 2;
+   */
+  RETRYING = 2,
+
+  /**
+   * Stopped on an error that a retry cannot fix (for example a webhook's 400); the server must be
+   * reconfigured and restarted.
+   *
+   * @generated from enum value: FORWARDER_STATE_HALTED = 3;
+   */
+  HALTED = 3,
+
+  /**
+   * Another replica sharing the store holds this forwarder's lease and drives it.
+   *
+   * @generated from enum value: FORWARDER_STATE_STANDBY = 4;
+   */
+  STANDBY = 4,
+}
+
+/**
+ * Describes the enum audit.v1.ForwarderState.
+ */
+export const ForwarderStateSchema: GenEnum<ForwarderState> = /*@__PURE__*/
+  enumDesc(file_audit_v1_service, 1);
 
 /**
  * AuditService records audit entries durably, answers queries over them, and streams them live.
@@ -889,6 +1108,29 @@ export const AuditService: GenService<{
     methodKind: "unary";
     input: typeof GetConsistencyProofRequestSchema;
     output: typeof GetConsistencyProofResponseSchema;
+  },
+  /**
+   * ListForwarders reports each configured forwarder: its position in the log, its lag, its state
+   * and its last error.
+   *
+   * @generated from rpc audit.v1.AuditService.ListForwarders
+   */
+  listForwarders: {
+    methodKind: "unary";
+    input: typeof ListForwardersRequestSchema;
+    output: typeof ListForwardersResponseSchema;
+  },
+  /**
+   * HashValue computes the keyed hash that redaction stores in place of a secret value, so that an
+   * administrator can search for a known value without the trail holding it in clear. The call is
+   * itself audited.
+   *
+   * @generated from rpc audit.v1.AuditService.HashValue
+   */
+  hashValue: {
+    methodKind: "unary";
+    input: typeof HashValueRequestSchema;
+    output: typeof HashValueResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_audit_v1_service, 0);

@@ -42,6 +42,13 @@ type AuditServiceClient interface {
 	// GetConsistencyProof proves that the log of one size is a prefix of the log of a larger
 	// size (RFC 6962): it only grew between two checkpoints.
 	GetConsistencyProof(ctx context.Context, in *GetConsistencyProofRequest, opts ...grpc.CallOption) (*GetConsistencyProofResponse, error)
+	// ListForwarders reports each configured forwarder: its position in the log, its lag, its state
+	// and its last error.
+	ListForwarders(ctx context.Context, in *ListForwardersRequest, opts ...grpc.CallOption) (*ListForwardersResponse, error)
+	// HashValue computes the keyed hash that redaction stores in place of a secret value, so that an
+	// administrator can search for a known value without the trail holding it in clear. The call is
+	// itself audited.
+	HashValue(ctx context.Context, in *HashValueRequest, opts ...grpc.CallOption) (*HashValueResponse, error)
 }
 
 type auditServiceClient struct {
@@ -147,6 +154,24 @@ func (c *auditServiceClient) GetConsistencyProof(ctx context.Context, in *GetCon
 	return out, nil
 }
 
+func (c *auditServiceClient) ListForwarders(ctx context.Context, in *ListForwardersRequest, opts ...grpc.CallOption) (*ListForwardersResponse, error) {
+	out := new(ListForwardersResponse)
+	err := c.cc.Invoke(ctx, "/audit.v1.AuditService/ListForwarders", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *auditServiceClient) HashValue(ctx context.Context, in *HashValueRequest, opts ...grpc.CallOption) (*HashValueResponse, error) {
+	out := new(HashValueResponse)
+	err := c.cc.Invoke(ctx, "/audit.v1.AuditService/HashValue", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility
@@ -176,6 +201,13 @@ type AuditServiceServer interface {
 	// GetConsistencyProof proves that the log of one size is a prefix of the log of a larger
 	// size (RFC 6962): it only grew between two checkpoints.
 	GetConsistencyProof(context.Context, *GetConsistencyProofRequest) (*GetConsistencyProofResponse, error)
+	// ListForwarders reports each configured forwarder: its position in the log, its lag, its state
+	// and its last error.
+	ListForwarders(context.Context, *ListForwardersRequest) (*ListForwardersResponse, error)
+	// HashValue computes the keyed hash that redaction stores in place of a secret value, so that an
+	// administrator can search for a known value without the trail holding it in clear. The call is
+	// itself audited.
+	HashValue(context.Context, *HashValueRequest) (*HashValueResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -206,6 +238,12 @@ func (UnimplementedAuditServiceServer) GetInclusionProof(context.Context, *GetIn
 }
 func (UnimplementedAuditServiceServer) GetConsistencyProof(context.Context, *GetConsistencyProofRequest) (*GetConsistencyProofResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetConsistencyProof not implemented")
+}
+func (UnimplementedAuditServiceServer) ListForwarders(context.Context, *ListForwardersRequest) (*ListForwardersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListForwarders not implemented")
+}
+func (UnimplementedAuditServiceServer) HashValue(context.Context, *HashValueRequest) (*HashValueResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method HashValue not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 
@@ -367,6 +405,42 @@ func _AuditService_GetConsistencyProof_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_ListForwarders_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListForwardersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).ListForwarders(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/audit.v1.AuditService/ListForwarders",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).ListForwarders(ctx, req.(*ListForwardersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AuditService_HashValue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HashValueRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).HashValue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/audit.v1.AuditService/HashValue",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).HashValue(ctx, req.(*HashValueRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _AuditService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "audit.v1.AuditService",
 	HandlerType: (*AuditServiceServer)(nil),
@@ -398,6 +472,14 @@ var _AuditService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetConsistencyProof",
 			Handler:    _AuditService_GetConsistencyProof_Handler,
+		},
+		{
+			MethodName: "ListForwarders",
+			Handler:    _AuditService_ListForwarders_Handler,
+		},
+		{
+			MethodName: "HashValue",
+			Handler:    _AuditService_HashValue_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
