@@ -18,6 +18,10 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod private_postgres;
+
+pub use private_postgres::{PrivatePostgres, Shutdown};
+
 /// How long a server may take to start or stop before a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -374,3 +374,90 @@ async fn one_replica_at_a_time_drives_a_forwarder_and_another_takes_over_when_it
         "every entry delivered at least once"
     );
 }
+
+/// Records `count` entries with client-chosen ids, retrying each one (same id) while the
+/// service answers UNAVAILABLE; returns id → sequence and how many attempts were refused.
+async fn record_through_outages(
+    client: Client,
+    tag: String,
+    count: usize,
+) -> (HashMap<String, u64>, usize) {
+    let (mut acked, mut refused) = (HashMap::new(), 0);
+    for i in 0..count {
+        let one = entry("writer", "/a.B/C")
+            .random_id()
+            .resource(format!("{tag}/{i}"))
+            .build();
+        let started = std::time::Instant::now();
+        let receipt = loop {
+            match client.record(one.clone()).await {
+                Ok(receipt) => break receipt,
+                Err(error) if error.code() == Some(Code::Unavailable) => {
+                    assert!(started.elapsed() < Duration::from_secs(60), "{error:?}");
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(error) => panic!("record {tag}/{i}: {error:?}"),
+            }
+        };
+        assert_eq!(receipt.id, one.id);
+        acked.insert(receipt.id, receipt.sequence);
+    }
+    (acked, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgresql_crashing_and_restarting_under_load_loses_no_acknowledged_entry() {
+    const PER_WRITER: usize = 120;
+    let cluster = audit_tests::PrivatePostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = shared_key(dir.path());
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        servers.push(
+            TestServer::start_with_args(&["--store", &cluster.url(), "--signing-key", &key]).await,
+        );
+    }
+    let clients = [servers[0].client().await, servers[1].client().await];
+    let mut subscription = clients[1].subscribe(pb::Filter::default(), Start::AfterSequence(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let client = clients[w % 2].clone();
+            tokio::spawn(record_through_outages(client, format!("w{w}"), PER_WRITER))
+        })
+        .collect();
+    // While the writers run: a crash (every PostgreSQL process gone at once, the next start
+    // replays its write-ahead log), then an orderly restart.
+    for how in [
+        audit_tests::Shutdown::Immediate,
+        audit_tests::Shutdown::Fast,
+    ] {
+        let head = all_entries(&clients[0]).await.len();
+        let deadline = std::time::Instant::now() + audit_tests::PATIENCE;
+        while all_entries(&clients[0]).await.len() < head + 40 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writes between restarts"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.stop(how);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.up();
+    }
+    let (mut acked, mut refused) = (HashMap::new(), 0);
+    for writer in writers {
+        let (writer_acked, writer_refused) = writer.await.expect("writer");
+        acked.extend(writer_acked);
+        refused += writer_refused;
+    }
+    assert_eq!(acked.len(), 4 * PER_WRITER);
+    eprintln!("{refused} attempts refused during the outages");
+    assert!(refused > 0, "the writers saw the outages");
+    for client in &clients {
+        assert_eq!(client.health("").await.unwrap(), ServingStatus::Serving);
+        check_log(&all_entries(client).await, &acked);
+    }
+    check_log(&take_entries(&mut subscription, acked.len()).await, &acked);
+    verify(&servers[0]).await;
+}
