@@ -442,7 +442,14 @@ async fn postgresql_crashing_and_restarting_under_load_loses_no_acknowledged_ent
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         cluster.stop(how);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Both replicas have writers, so both learn of the outage and say so.
+        for client in &clients {
+            let deadline = std::time::Instant::now() + audit_tests::PATIENCE;
+            while client.health("").await.unwrap() != ServingStatus::NotServing {
+                assert!(std::time::Instant::now() < deadline, "NOT_SERVING while down");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         cluster.up();
     }
     let (mut acked, mut refused) = (HashMap::new(), 0);
