@@ -9,6 +9,7 @@
 //! chain <base64 chain head>     chain(<size>)
 //! time <unix seconds>           when the server signed it
 //! max-unsigned <n>              at most n entries follow it before the next checkpoint
+//! pruned <h>                    retention removed the bodies of entries 1 to h (omitted: none)
 //!
 //! — <key name> <base64(key id || Ed25519 signature)>
 //! ```
@@ -18,6 +19,12 @@
 //! checkpoints were deleted (or entries appended by someone without the key), while the short
 //! tail a crash leaves is only unsigned. Notes signed before the line existed ("legacy" notes,
 //! five lines) stay valid; they bound nothing.
+//!
+//! The `pruned` line is the signer's statement that retention removed the bodies of entries 1 to
+//! `h` (their hashes stay in the store, so the chain and the tree still verify): a verifier
+//! accepts entries without a body up to it, and only up to it. `h` is the size of an earlier
+//! checkpoint and never decreases; the line follows `max-unsigned` and appears only when `h > 0`,
+//! so the notes of a log that never pruned read as before.
 //!
 //! The signature covers the text above the blank line (its final newline included). The key id
 //! is the first 4 bytes of `SHA-256(key name || "\n" || 0x01 || public key)`. Public keys are
@@ -54,11 +61,13 @@ pub struct Checkpoint {
     /// Most entries the signer commits after this checkpoint before it signs the next one;
     /// `None` in legacy notes, which bound nothing.
     pub max_unsigned: Option<u64>,
+    /// Entries 1 to `pruned` had their bodies removed by retention (0: none).
+    pub pruned: u64,
 }
 
 impl Checkpoint {
-    /// The signed text of the note: five lines (six with `max-unsigned`), each ending in a
-    /// newline.
+    /// The signed text of the note: five lines (six with `max-unsigned`, seven with `pruned`),
+    /// each ending in a newline.
     pub fn body(&self) -> String {
         let mut body = format!(
             "{}\n{}\n{}\nchain {}\ntime {}\n",
@@ -71,6 +80,9 @@ impl Checkpoint {
         if let Some(max) = self.max_unsigned {
             body.push_str(&format!("max-unsigned {max}\n"));
         }
+        if self.pruned > 0 {
+            body.push_str(&format!("pruned {}\n", self.pruned));
+        }
         body
     }
 
@@ -81,19 +93,43 @@ impl Checkpoint {
             .strip_suffix('\n')
             .ok_or_else(|| bad("does not end with a newline"))?;
         let lines: Vec<&str> = text.split('\n').collect();
-        let (origin, size, root, chain, time, max_unsigned) = match lines[..] {
-            [origin, size, root, chain, time] => (origin, size, root, chain, time, None),
-            [origin, size, root, chain, time, max] => (origin, size, root, chain, time, Some(max)),
-            _ => {
-                return Err(bad(
-                    "expected 5 or 6 lines: origin, size, root, chain, time[, max-unsigned]",
-                ));
-            }
+        let [origin, size, root, chain, time, extensions @ ..] = &lines[..] else {
+            return Err(bad(
+                "expected origin, size, root, chain and time lines, then optional \
+                 `max-unsigned` and `pruned` lines",
+            ));
         };
+        let size = parse_decimal(size).ok_or_else(|| bad("size is not a decimal number"))?;
+        // Optional lines, each at most once and in this order.
+        let mut extensions = extensions.iter().peekable();
+        let mut optional = |keyword: &str| {
+            let line = extensions.next_if(|line| line.starts_with(keyword))?;
+            Some(
+                line.strip_prefix(keyword)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(parse_decimal)
+                    .ok_or_else(|| bad(&format!("a `{keyword}` line holds one decimal number"))),
+            )
+        };
+        let max_unsigned = optional("max-unsigned").transpose()?;
+        let pruned = match optional("pruned").transpose()? {
+            // Written only when something was pruned, so that every note has one text.
+            Some(0) => return Err(bad("`pruned 0` is written as no `pruned` line")),
+            pruned => pruned.unwrap_or(0),
+        };
+        if let Some(line) = extensions.next() {
+            return Err(bad(&format!(
+                "unexpected line `{}` after the time line",
+                line.chars().take(40).collect::<String>()
+            )));
+        }
+        if pruned > size {
+            return Err(bad("`pruned` is larger than the size"));
+        }
         check_name(origin).map_err(|why| bad(&format!("origin: {why}")))?;
         Ok(Checkpoint {
             origin: origin.to_string(),
-            size: parse_decimal(size).ok_or_else(|| bad("size is not a decimal number"))?,
+            size,
             root: decode_hash(root).ok_or_else(|| bad("root is not a base64 SHA-256 hash"))?,
             chain: chain
                 .strip_prefix("chain ")
@@ -103,13 +139,8 @@ impl Checkpoint {
                 .strip_prefix("time ")
                 .and_then(parse_decimal)
                 .ok_or_else(|| bad("fifth line is not `time <unix seconds>`"))?,
-            max_unsigned: max_unsigned
-                .map(|line| {
-                    line.strip_prefix("max-unsigned ")
-                        .and_then(parse_decimal)
-                        .ok_or_else(|| bad("sixth line is not `max-unsigned <entries>`"))
-                })
-                .transpose()?,
+            max_unsigned,
+            pruned,
         })
     }
 
@@ -379,6 +410,54 @@ mod tests {
             chain: [9; 32],
             time: 1_700_000_000,
             max_unsigned: Some(1000),
+            pruned: 0,
+        }
+    }
+
+    #[test]
+    fn a_pruning_horizon_is_a_seventh_signed_line_only_when_set() {
+        let key = SigningKey::generate("log").unwrap();
+        let pruned = Checkpoint {
+            pruned: 40,
+            ..checkpoint()
+        };
+        let note = key.sign(&pruned);
+        assert!(
+            note.contains(
+                "
+max-unsigned 1000
+pruned 40
+
+"
+            ),
+            "{note}"
+        );
+        assert_eq!(key.public_key().open(&note).unwrap(), pruned);
+        assert!(!key.sign(&checkpoint()).contains("pruned"));
+        // Signed: moving the horizon breaks the signature.
+        let moved = note.replacen("pruned 40", "pruned 41", 1);
+        assert!(matches!(
+            key.public_key().open(&moved),
+            Err(Error::BadSignature(_))
+        ));
+        let unbounded = Checkpoint {
+            max_unsigned: None,
+            ..pruned.clone()
+        };
+        assert_eq!(
+            key.public_key().open(&key.sign(&unbounded)).unwrap(),
+            unbounded
+        );
+        for bad in [
+            "pruned 0",
+            "pruned 43",
+            "pruned x",
+            "prune 4",
+            "pruned 04",
+            "max-unsigned 9",
+        ] {
+            let body = checkpoint().body() + bad + "\n";
+            assert!(Checkpoint::parse_body(&body).is_err(), "{bad}");
         }
     }
 
@@ -473,6 +552,7 @@ mod tests {
             chain: [0; 32],
             time: 1,
             max_unsigned: None,
+            pruned: 0,
         })
     }
 

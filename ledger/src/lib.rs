@@ -22,7 +22,7 @@
 //! tree.push(&hash);
 //!
 //! let key = SigningKey::generate("audit.example/log").unwrap();
-//! let checkpoint = Checkpoint { origin: "audit.example/log".into(), size: 1, root: tree.root(), chain, time: 1_700_000_000, max_unsigned: Some(1000) };
+//! let checkpoint = Checkpoint { origin: "audit.example/log".into(), size: 1, root: tree.root(), chain, time: 1_700_000_000, max_unsigned: Some(1000), pruned: 0 };
 //! let note = key.sign(&checkpoint);
 //! assert_eq!(key.public_key().open(&note).unwrap(), checkpoint);
 //! ```

@@ -106,6 +106,29 @@ impl Frontier {
         Some(Frontier { size, subtrees })
     }
 
+    /// The frontier of a tree of `size` leaves rebuilt from its last leaf's entry hash and that
+    /// leaf's inclusion proof in the tree (RFC 6962 audit path, from the leaf up): the path holds
+    /// the left siblings inside the last perfect subtree, then the roots of the other perfect
+    /// subtrees, smallest first. `None` when the path has the wrong length. The caller checks
+    /// the result's root against a signed one.
+    pub fn from_right_edge(size: u64, entry_hash: &Hash, path: &[Hash]) -> Option<Self> {
+        if size == 0 {
+            return None;
+        }
+        let inside = size.trailing_zeros() as usize;
+        let others = size.count_ones() as usize - 1;
+        if path.len() != inside + others {
+            return None;
+        }
+        let mut last = leaf_hash(entry_hash);
+        for sibling in &path[..inside] {
+            last = node_hash(sibling, &last);
+        }
+        let mut subtrees: Vec<Hash> = path[inside..].iter().rev().copied().collect();
+        subtrees.push(last);
+        Some(Frontier { size, subtrees })
+    }
+
     /// The Merkle tree hash of the leaves so far.
     pub fn root(&self) -> Hash {
         let mut nodes = self.subtrees.iter().rev();
@@ -291,6 +314,24 @@ pub fn verify_consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frontier_is_rebuilt_from_its_last_leafs_inclusion_proof() {
+        let entries: Vec<Hash> = (0..70u8).map(|i| [i; 32]).collect();
+        for size in 1..=entries.len() {
+            let mut pushed = Frontier::new();
+            for entry in &entries[..size] {
+                pushed.push(entry);
+            }
+            let leaves: Vec<Hash> = entries[..size].iter().map(leaf_hash).collect();
+            let path = inclusion_proof(size as u64 - 1, &leaves);
+            let rebuilt = Frontier::from_right_edge(size as u64, &entries[size - 1], &path);
+            assert_eq!(rebuilt.as_ref(), Some(&pushed), "size {size}");
+            if let Some(shorter) = path.get(1..) {
+                assert!(Frontier::from_right_edge(size as u64, &entries[0], shorter).is_none());
+            }
+        }
+    }
     use proptest::prelude::*;
 
     fn leaves(n: u64) -> Vec<Hash> {

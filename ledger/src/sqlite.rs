@@ -10,7 +10,7 @@
 use rusqlite::Connection;
 
 /// Version of the schema, kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Schema version 1: the entries and the indexed columns queries filter on.
 pub const SCHEMA_1: &str = "
@@ -67,6 +67,26 @@ CREATE TABLE cursors (
 ) STRICT;
 ";
 
+/// Schema version 4: what retention keeps of the entries it prunes. Pruning moves the oldest
+/// entries out of `entries` (their bodies and indexed columns) into this table, which keeps what
+/// verification and retries need: the sequence, the id with its retry digest and request id (the
+/// first receipt of a retry), the time received (to say that a requested time was pruned) and
+/// both hashes.
+pub const SCHEMA_4: &str = "
+CREATE TABLE pruned (
+    sequence    INTEGER PRIMARY KEY,
+    id          BLOB NOT NULL UNIQUE,
+    digest      BLOB NOT NULL,
+    request_id  TEXT NOT NULL,
+    received_ns INTEGER NOT NULL,
+    entry_hash  BLOB NOT NULL,
+    chain_hash  BLOB NOT NULL
+) STRICT;
+";
+
+/// Every schema version's SQL in order: version `v` is the first `v` of them.
+pub const SCHEMAS: [&str; 4] = [SCHEMA_1, SCHEMA_2, SCHEMA_3, SCHEMA_4];
+
 /// One object of `sqlite_schema`: type, name, table and SQL text.
 type Object = (String, String, String, Option<String>);
 
@@ -83,9 +103,9 @@ fn objects(conn: &Connection) -> rusqlite::Result<Vec<Object>> {
 pub fn check_schema(conn: &Connection) -> Result<(), String> {
     let expected = Connection::open_in_memory()
         .and_then(|fresh| {
-            fresh.execute_batch(SCHEMA_1)?;
-            fresh.execute_batch(SCHEMA_2)?;
-            fresh.execute_batch(SCHEMA_3)?;
+            for schema in SCHEMAS {
+                fresh.execute_batch(schema)?;
+            }
             objects(&fresh)
         })
         .map_err(|e| format!("cannot build the expected schema: {e}"))?;
@@ -134,9 +154,9 @@ mod tests {
 
     fn store() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA_1).unwrap();
-        conn.execute_batch(SCHEMA_2).unwrap();
-        conn.execute_batch(SCHEMA_3).unwrap();
+        for schema in SCHEMAS {
+            conn.execute_batch(schema).unwrap();
+        }
         conn.execute(
             "INSERT INTO entries VALUES (1, x'01', x'02', 'r', 0, 0, 's', 'm', 'e', 'c', 'x', 2, \
              1, 0, 'mallory', '', '{}', x'', NULL, NULL)",
@@ -173,9 +193,9 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(SCHEMA_1).unwrap();
-            conn.execute_batch(SCHEMA_2).unwrap();
-            conn.execute_batch(SCHEMA_3).unwrap();
+            for schema in SCHEMAS {
+                conn.execute_batch(schema).unwrap();
+            }
             conn.execute(
                 "INSERT INTO entries VALUES (1, x'01', x'02', 'r', 0, 0, 's', 'm', 'e', 'c', 'x', \
                  2, 1, 0, 'mallory', '', '{}', x'', NULL, NULL)",

@@ -13,8 +13,11 @@ prop_compose! {
         chain in any::<[u8; 32]>(),
         time in any::<u64>(),
         max_unsigned in any::<Option<u64>>(),
+        pruned_seed in any::<u64>(),
     ) -> Checkpoint {
-        Checkpoint { origin, size, root, chain, time, max_unsigned }
+        // Any horizon from 0 to the size.
+        let pruned = pruned_seed % size.saturating_add(1);
+        Checkpoint { origin, size, root, chain, time, max_unsigned, pruned }
     }
 }
 
@@ -22,7 +25,7 @@ prop_compose! {
 fn note_like() -> impl Strategy<Value = String> {
     prop_oneof![
         "\\PC{0,120}",
-        "[a-z]{1,8}\n[0-9]{1,4}\n[A-Za-z0-9+/=]{0,44}\nchain [A-Za-z0-9+/=]{0,44}\ntime [0-9]{1,5}\n(max-unsigned [0-9]{1,5}\n)?(\n\u{2014} [a-z]{1,8} [A-Za-z0-9+/=]{0,90}\n)?",
+        "[a-z]{1,8}\n[0-9]{1,4}\n[A-Za-z0-9+/=]{0,44}\nchain [A-Za-z0-9+/=]{0,44}\ntime [0-9]{1,5}\n(max-unsigned [0-9]{1,5}\n)?(pruned [0-9]{1,4}\n)?(\n\u{2014} [a-z]{1,8} [A-Za-z0-9+/=]{0,90}\n)?",
         "(PRIVATE\\+KEY\\+)?[a-z]{0,8}\\+[0-9a-f]{0,8}\\+[A-Za-z0-9+/=]{0,60}",
     ]
 }

@@ -98,6 +98,10 @@ pub struct Config {
     #[arg(long, env = "AUDIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Retention: how long entries are kept, off by default.
+    #[command(flatten)]
+    pub retention: crate::retention::Retention,
+
     /// How connections are accepted, kept and closed.
     #[command(flatten)]
     pub connections: ConnectionLimits,
@@ -401,12 +405,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 15s or 2m"))?;
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 15s, 2m, 12h or 90d"))?;
+    let seconds = |per: u64| {
+        number
+            .checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{text}` is too long"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("`{text}`: unit must be ms, s or m")),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(86_400),
+        _ => Err(format!("`{text}`: unit must be ms, s, m, h or d")),
     }
     .and_then(|d| {
         if d.is_zero() {
@@ -428,7 +440,10 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("999999999999999999d").is_err(), "overflow");
         assert!(parse_duration("abc").is_err());
     }
 

@@ -51,6 +51,16 @@ pub enum Error {
     #[error("audit store is read-only: {0}; the entry was not recorded")]
     ReadOnly(String),
 
+    /// What was asked for starts inside the range retention removed from the log.
+    #[error(
+        "entries 1 to {through} were removed by retention; the oldest entry kept is {}",
+        through + 1
+    )]
+    Pruned {
+        /// The last pruned sequence.
+        through: u64,
+    },
+
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -148,6 +158,7 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::InvalidArgument, error.to_string(), details)
             }
             Error::IdConflict { .. } => Status::already_exists(error.to_string()),
+            Error::Pruned { .. } => Status::out_of_range(error.to_string()),
             Error::Overloaded(message) => Status::resource_exhausted(message),
             Error::StoreFailed(ref cause) => {
                 tracing::error!(%cause, "refusing request: store unavailable");

@@ -19,6 +19,7 @@ pub mod listen;
 pub mod metrics;
 mod page_token;
 pub mod policy;
+pub mod retention;
 pub mod serve;
 pub mod service;
 pub mod store;
@@ -57,6 +58,7 @@ pub struct AuditServer {
     web: Option<web::WebListener>,
     forwarders: forward::Prepared<Log>,
     metrics: Option<(metrics::MetricsListener, Arc<metrics::Metrics>)>,
+    retention: retention::Retention,
 }
 
 impl AuditServer {
@@ -123,6 +125,7 @@ impl AuditServer {
             web,
             forwarders,
             metrics,
+            retention: config.retention,
         })
     }
 
@@ -153,6 +156,7 @@ impl AuditServer {
             web,
             forwarders,
             metrics,
+            retention,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         // Health is known before the first connection is served, not shortly after.
@@ -223,6 +227,15 @@ impl AuditServer {
             ));
         let (listeners, socket_file) = listeners.into_parts();
         let shutdown_grace = connections.shutdown_grace;
+        if retention.enabled() {
+            let names = forwarders
+                .stats()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+            tokio::spawn(retention.run(store.clone(), owner, names, stopping.clone()));
+        }
         let forwarders = forwarders.start();
         serve::serve(listeners, service, connections, stopping).await;
         if let Some(console) = console {

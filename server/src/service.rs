@@ -242,6 +242,15 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
                 }
             }
         };
+        // A subscription is gapless: one that would begin inside what retention removed is
+        // refused (OUT_OF_RANGE, naming the oldest entry kept) rather than silently shortened.
+        let pruned_through = self.store.pruned_through();
+        if after < pruned_through {
+            return Err(Error::Pruned {
+                through: pruned_through,
+            }
+            .into());
+        }
         Ok(Response::new(self.hub.subscribe(filter, after)?))
     }
 
@@ -357,22 +366,32 @@ pub async fn query<S: Store>(
             after: position.unwrap_or(0),
         },
     };
-    let read = Read {
+    let mut read = Read {
         filter,
         direction,
         through: *store.head().borrow(),
         limit,
         max_bytes: limits.max_response_bytes,
     };
-    let filter = read.filter.clone();
-    let page = store.read(read).await?;
+    // A query is not a gapless stream: it starts after what retention removed, and says so.
+    let mut pruned_through = store.pruned_through();
+    let page = loop {
+        if let Direction::Ascending { after } = &mut read.direction {
+            *after = (*after).max(pruned_through);
+        }
+        match store.read(read.clone()).await {
+            Err(Error::Pruned { through }) if through > pruned_through => pruned_through = through,
+            page => break page?,
+        }
+    };
     let next_page_token = match page.entries.last() {
-        Some(last) if !page.exhausted => page_token::encode(last.sequence, &filter, order),
+        Some(last) if !page.exhausted => page_token::encode(last.sequence, &read.filter, order),
         _ => String::new(),
     };
     Ok(QueryResponse {
         entries: page.entries,
         next_page_token,
+        pruned_through,
     })
 }
 

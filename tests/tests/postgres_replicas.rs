@@ -446,7 +446,10 @@ async fn postgresql_crashing_and_restarting_under_load_loses_no_acknowledged_ent
         for client in &clients {
             let deadline = std::time::Instant::now() + audit_tests::PATIENCE;
             while client.health("").await.unwrap() != ServingStatus::NotServing {
-                assert!(std::time::Instant::now() < deadline, "NOT_SERVING while down");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "NOT_SERVING while down"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -139,6 +139,16 @@ fn print_report(report: &Report, elapsed: std::time::Duration) -> anyhow::Result
                     elapsed.as_secs_f64()
                 ),
             )?;
+            if report.pruned > 0 {
+                write_line(
+                    &mut out,
+                    &format!(
+                        "pruned: entries 1 to {} were removed by retention, as a signed \
+                         checkpoint states; their hashes verified, their content is gone",
+                        report.pruned
+                    ),
+                )?;
+            }
             if report.uncovered() > 0 {
                 write_line(
                     &mut out,

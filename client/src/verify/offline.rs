@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use audit_ledger::PublicKey;
+use audit_ledger::{Hash, PublicKey};
 use audit_proto::pb::{self, AuditEntry};
 use prost::Message;
 use rusqlite::{Connection, OpenFlags};
@@ -79,6 +79,25 @@ pub fn verify_data_dir(data_dir: &Path, trust: &Trust) -> Result<Report, Error> 
             let size: i64 = row.get(1).map_err(sql)?;
             let note: String = row.get(2).map_err(sql)?;
             verifier.checkpoint(index as u64, &note, Some(size as u64));
+        }
+    }
+
+    // What retention kept of the entries it pruned, first: they come before every kept one.
+    {
+        let mut statement = conn
+            .prepare("SELECT sequence, entry_hash, chain_hash FROM pruned ORDER BY sequence")
+            .map_err(sql)?;
+        let mut rows = statement.query([]).map_err(sql)?;
+        let hash = |value: Option<Vec<u8>>| -> Hash {
+            value.and_then(|h| h.try_into().ok()).unwrap_or([0; 32])
+        };
+        while let Some(row) = rows.next().map_err(sql)? {
+            let sequence: i64 = row.get(0).map_err(sql)?;
+            let entry_hash = hash(row.get(1).map_err(sql)?);
+            let chain_hash = hash(row.get(2).map_err(sql)?);
+            if !verifier.pruned_entry(sequence as u64, entry_hash, chain_hash) {
+                break;
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use super::{KeySource, Report, Trust, Verifier};
 use crate::Error;
 
 /// The schema version this verifier reads.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 /// Entries read at a time.
 const SLICE: i64 = 5_000;
 
@@ -68,9 +68,31 @@ pub async fn verify_postgres(url: &str, trust: &Trust) -> Result<Report, Error> 
         verifier.checkpoint(index as u64, &note, Some(size as u64));
     }
 
-    let mut digests = audit_ledger::DigestCheck::default();
+    // What retention kept of the entries it pruned, first: they come before every kept one.
     let mut after = 0i64;
     let mut newest = 0i64;
+    'pruned: loop {
+        let rows = client
+            .query(
+                "SELECT sequence, entry_hash, chain_hash FROM pruned WHERE sequence > $1 \
+                 ORDER BY sequence LIMIT $2",
+                &[&after, &SLICE],
+            )
+            .await
+            .map_err(sql)?;
+        let hash = |value: Vec<u8>| -> audit_ledger::Hash { value.try_into().unwrap_or([0; 32]) };
+        for row in &rows {
+            let sequence: i64 = row.get(0);
+            (after, newest) = (sequence, sequence);
+            if !verifier.pruned_entry(sequence as u64, hash(row.get(1)), hash(row.get(2))) {
+                break 'pruned;
+            }
+        }
+        if (rows.len() as i64) < SLICE {
+            break;
+        }
+    }
+    let mut digests = audit_ledger::DigestCheck::default();
     'slices: loop {
         let rows = client
             .query(
@@ -167,7 +189,7 @@ pub async fn verify_postgres(url: &str, trust: &Trust) -> Result<Report, Error> 
 async fn schema_problem(
     client: &tokio_postgres::Client,
 ) -> Result<Option<String>, tokio_postgres::Error> {
-    let tables = ["entries", "checkpoints", "log_tip"];
+    let tables = ["entries", "pruned", "checkpoints", "log_tip"];
     let triggers = client
         .query(
             "SELECT tgname, relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \

@@ -44,10 +44,23 @@ pub async fn verify_server(client: &Client, trust: &Trust) -> Result<Report, Err
         }
     }
 
+    // Retention removed the content of entries up to its signed horizon and the server
+    // returns none of them: start from the checkpoint of that size instead.
+    let mut after = 0u64;
+    let horizon = verifier.horizon();
+    if horizon > 0 {
+        match resume_point(client, verifier.key(), horizon).await {
+            Ok((checkpoint, tree)) => {
+                verifier.resume_at(&checkpoint, tree);
+                after = horizon;
+            }
+            Err(reason) => verifier.problem(horizon, reason),
+        }
+    }
+
     // Entries committed while verifying are checked too, up to the end.
     let mut token = String::new();
     let mut page_size = PAGE_SIZE;
-    let mut after = 0u64;
     'pages: while verifier.wants_entries() {
         let request = pb::QueryRequest {
             filter: None,
@@ -84,6 +97,51 @@ pub async fn verify_server(client: &Client, trust: &Trust) -> Result<Report, Err
         token = page.next_page_token;
     }
     Ok(verifier.finish())
+}
+
+/// The checkpoint of size `horizon` and the Merkle tree of its entries, rebuilt from the
+/// inclusion proof of its last entry and checked against its signed root.
+async fn resume_point(
+    client: &Client,
+    key: &PublicKey,
+    horizon: u64,
+) -> Result<(Checkpoint, audit_ledger::merkle::Frontier), String> {
+    let response = client
+        .checkpoint_response(horizon)
+        .await
+        .map_err(|e| format!("cannot read the checkpoint of size {horizon}: {e}"))?;
+    let note = response
+        .checkpoint
+        .ok_or_else(|| format!("no checkpoint of size {horizon}, where retention pruned to"))?
+        .note;
+    let checkpoint = key
+        .open(&note)
+        .map_err(|e| format!("the checkpoint of size {horizon}: {e}"))?;
+    if checkpoint.size != horizon {
+        return Err(format!(
+            "asked for the checkpoint of size {horizon}, got one of size {}",
+            checkpoint.size
+        ));
+    }
+    let proof = client
+        .inclusion_proof(horizon, horizon)
+        .await
+        .map_err(|e| format!("cannot prove entry {horizon}: {e}"))?;
+    let entry_hash: Hash = proof
+        .entry_hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| "a proof hash is not 32 bytes".to_string())?;
+    let path = hashes(&proof.hashes).map_err(|e| e.to_string())?;
+    audit_ledger::merkle::Frontier::from_right_edge(horizon, &entry_hash, &path)
+        .filter(|tree| tree.root() == checkpoint.root)
+        .map(|tree| (checkpoint.clone(), tree))
+        .ok_or_else(|| {
+            format!(
+                "the hashes of the pruned entries 1 to {horizon} do not match the checkpoint \
+                 of that size"
+            )
+        })
 }
 
 /// The public key the server presents.

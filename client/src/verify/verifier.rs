@@ -29,6 +29,9 @@ impl fmt::Display for Problem {
 pub struct Report {
     /// Entries read and found intact (up to the first problem).
     pub entries: u64,
+    /// Of those, the first ones retention pruned: proven by their hashes only (their content is
+    /// gone, as the signed horizon allows).
+    pub pruned: u64,
     /// Checkpoints whose signature, order and content verified.
     pub checkpoints: u64,
     /// The newest checkpoint that verified against the entries.
@@ -94,6 +97,11 @@ pub struct Verifier {
     /// The unsigned tail is held to the newest checkpoint's `max-unsigned` up to this sequence
     /// (all entries when `None`).
     bounded_through: Option<u64>,
+    /// Retention's horizon: the largest `pruned` of the checkpoints whose signature verified,
+    /// and the index of the one that signed it.
+    horizon: (u64, u64),
+    /// Entries proven by their hashes only.
+    pruned: u64,
 }
 
 impl Verifier {
@@ -114,6 +122,8 @@ impl Verifier {
             problem: None,
             stopped: false,
             bounded_through: None,
+            horizon: (0, 0),
+            pruned: 0,
         }
     }
 
@@ -201,7 +211,86 @@ impl Verifier {
             return;
         }
         self.largest = Some((checkpoint.size, index));
+        let (horizon, by) = self.horizon;
+        if checkpoint.pruned < horizon {
+            // Honest retention only moves forward.
+            self.problem(
+                checkpoint.pruned + 1,
+                format!(
+                    "{label} says entries up to {} were pruned, fewer than checkpoint #{by} \
+                     before it ({horizon})",
+                    checkpoint.pruned
+                ),
+            );
+        } else {
+            self.horizon = (checkpoint.pruned, index);
+        }
         self.expect(checkpoint, label);
+    }
+
+    /// The key signatures are checked with.
+    pub fn key(&self) -> &PublicKey {
+        &self.key
+    }
+
+    /// Retention's horizon as the signed checkpoints fed so far state it (0: nothing pruned).
+    pub fn horizon(&self) -> u64 {
+        self.horizon.0
+    }
+
+    /// The next entry when retention pruned it: only its hashes are stored. Allowed up to the
+    /// horizon a signed checkpoint states; proves the chain and feeds the tree as an entry does.
+    /// Returns whether further entries are wanted.
+    pub fn pruned_entry(&mut self, sequence: u64, entry_hash: Hash, chain_hash: Hash) -> bool {
+        if self.stopped {
+            return false;
+        }
+        let expected = self.count + 1;
+        if sequence != expected {
+            return self.bad(
+                expected,
+                "missing (pruned entries do not follow each other)",
+            );
+        }
+        if sequence > self.horizon.0 {
+            return self.bad(
+                sequence,
+                format!(
+                    "its content was removed, but no signed checkpoint says retention pruned it \
+                     (the signed horizon is {})",
+                    self.horizon.0
+                ),
+            );
+        }
+        let chain = audit_ledger::chain_hash(&self.chain, &entry_hash);
+        if chain_hash != chain {
+            return self.bad(
+                expected,
+                "(pruned) its chain hash does not follow from the entries before it",
+            );
+        }
+        self.count = expected;
+        self.pruned = expected;
+        self.chain = chain;
+        self.tree.push(&entry_hash);
+        self.check_checkpoints_at(expected)
+    }
+
+    /// Starts the entries after `checkpoint`, a checkpoint that verified, whose size is the
+    /// horizon of what retention pruned, with `tree`, the Merkle tree of its entries (from a
+    /// proof whose root the caller checked against the checkpoint's). For a verifier that
+    /// cannot read the pruned entries' hashes (a server's `Query` returns none of them).
+    pub fn resume_at(&mut self, checkpoint: &Checkpoint, tree: Frontier) {
+        debug_assert_eq!(tree.root(), checkpoint.root);
+        self.count = checkpoint.size;
+        self.pruned = checkpoint.size;
+        self.chain = checkpoint.chain;
+        self.tree = tree;
+        // Checkpoints at or below it prove nothing more than it does.
+        self.pending.retain(|size, _| *size > checkpoint.size);
+        self.matched = checkpoint.size;
+        self.checkpoints_verified += 1;
+        self.matched_checkpoint = Some(checkpoint.clone());
     }
 
     fn expect(&mut self, checkpoint: Checkpoint, label: String) {
@@ -373,6 +462,7 @@ impl Verifier {
         }
         Report {
             entries: self.count,
+            pruned: self.pruned,
             checkpoints: self.checkpoints_verified,
             newest_checkpoint: self.matched_checkpoint,
             public_key: self.key,
@@ -420,6 +510,7 @@ mod tests {
                 .map_or(CHAIN_START, |e| e.chain_hash.clone().try_into().unwrap()),
             time: 1,
             max_unsigned: None,
+            pruned: 0,
         })
     }
 

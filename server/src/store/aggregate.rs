@@ -154,7 +154,7 @@ pub fn stats(conn: &Connection, query: &StatsQuery) -> Result<Stats, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use audit_ledger::sqlite::{SCHEMA_1, SCHEMA_2};
+    use audit_ledger::sqlite::SCHEMAS;
     use audit_proto::pb::Outcome;
 
     const MINUTE: i64 = 60_000_000_000;
@@ -162,8 +162,9 @@ mod tests {
     /// A database with the server's schema and rows `(time_ns, outcome, principal, method)`.
     fn database(rows: &[(i64, Outcome, &str, &str)]) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA_1).unwrap();
-        conn.execute_batch(SCHEMA_2).unwrap();
+        for schema in SCHEMAS {
+            conn.execute_batch(schema).unwrap();
+        }
         for (i, (time, outcome, principal, method)) in rows.iter().enumerate() {
             conn.execute(
                 "INSERT INTO entries (sequence, id, digest, request_id, time_ns, received_ns, \

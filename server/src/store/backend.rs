@@ -58,6 +58,9 @@ pub struct Tip {
     pub tree: Frontier,
     /// Size of the newest checkpoint.
     pub signed_size: u64,
+    /// Retention's horizon as the newest checkpoint signs it: entries up to it may have lost
+    /// their bodies (0: none).
+    pub pruned: u64,
 }
 
 impl Tip {
@@ -68,6 +71,7 @@ impl Tip {
             chain: CHAIN_START,
             tree: Frontier::new(),
             signed_size: 0,
+            pruned: 0,
         }
     }
 
@@ -110,7 +114,8 @@ pub trait Backend: Send + 'static {
     /// rollback and returns it; an exclusive one returns `None` (the engine's tip is the truth).
     fn begin(&mut self) -> Result<Option<Tip>, BackendError>;
 
-    /// The stored receipt of each id (UUIDs, validated), in the open transaction.
+    /// The stored receipt of each id (UUIDs, validated), pruned entries included, in the open
+    /// transaction.
     fn stored(&mut self, ids: &[&str]) -> Result<Vec<Option<StoredId>>, BackendError>;
 
     /// Inserts rows (consecutive sequences after the tip) in the open transaction.
@@ -122,6 +127,12 @@ pub trait Backend: Send + 'static {
     /// Claims (or renews) the lease of a durable cursor and saves its position, in the open
     /// transaction (see [`CursorWrite::apply`]).
     fn cursor(&mut self, write: &CursorWrite) -> Result<CursorClaim, BackendError>;
+
+    /// Moves the oldest entries at or below `through`, at most `limit` of them, out of the log's
+    /// entries into what retention keeps of each (sequence, id with its retry digest and request
+    /// id, time received, both hashes), in the open transaction. Returns how many it moved: 0
+    /// once none is left at or below `through`.
+    fn prune(&mut self, through: u64, limit: usize) -> Result<usize, BackendError>;
 
     /// Records `tip` as the log's new tip and commits the transaction durably. An error here
     /// leaves the outcome unknown until [`Backend::recover`] settles it.
@@ -173,7 +184,8 @@ pub trait Reader: Send + 'static {
     /// Entries matching a filter, in the read's direction, within its bounds.
     fn read(&mut self, read: &Read) -> Result<Page, Error>;
 
-    /// The lowest sequence received at or after `nanos` since the Unix epoch.
+    /// The lowest sequence received at or after `nanos` since the Unix epoch, among entries that
+    /// still have their body.
     fn first_received_since(&mut self, nanos: i64) -> Result<Option<u64>, Error>;
 
     /// The newest checkpoint, or the newest of exactly `size` entries.
@@ -185,11 +197,11 @@ pub trait Reader: Send + 'static {
     /// The largest size any stored checkpoint signs (0 when there is none).
     fn largest_checkpoint(&mut self) -> Result<u64, Error>;
 
-    /// The stored hash of entry `sequence`.
+    /// The stored hash of entry `sequence`, pruned or not.
     fn entry_hash(&mut self, sequence: u64) -> Result<Option<Hash>, Error>;
 
-    /// Calls `each` with the sequence, entry hash and chain hash of every entry after `after`
-    /// up to `through`, in order, until it returns false. A missing or malformed hash (only in
+    /// Calls `each` with the sequence, entry hash and chain hash of every entry (pruned or not)
+    /// after `after` up to `through`, in order, until it returns false. A missing or malformed hash (only in
     /// a damaged store) is passed as zeros.
     fn hashes(
         &mut self,
@@ -198,7 +210,7 @@ pub trait Reader: Send + 'static {
         each: &mut dyn FnMut(u64, Hash, Hash) -> bool,
     ) -> Result<(), Error>;
 
-    /// Calls `each` with every stored entry after `after`, in order, until it returns an error
+    /// Calls `each` with every stored entry after `after` that still has its body, in order, until it returns an error
     /// (which is returned as `Ok(Err(..))`).
     fn entries(
         &mut self,
@@ -206,8 +218,15 @@ pub trait Reader: Send + 'static {
         each: &mut dyn FnMut(StoredEntry) -> Result<(), String>,
     ) -> Result<Result<(), String>, Error>;
 
-    /// The sequence of the newest committed entry.
+    /// The sequence of the newest committed entry, pruned or not.
     fn head(&mut self) -> Result<u64, Error>;
+
+    /// The sequence and time received (nanoseconds since the Unix epoch) of the newest entry
+    /// retention pruned, if it pruned any.
+    fn pruned_tail(&mut self) -> Result<Option<(u64, i64)>, Error>;
+
+    /// The largest size of a stored checkpoint that is at most `size` (0 when there is none).
+    fn checkpoint_size_at_most(&mut self, size: u64) -> Result<u64, Error>;
 
     /// The saved position of durable cursor `name`.
     fn cursor_position(&mut self, name: &str) -> Result<Option<u64>, Error>;

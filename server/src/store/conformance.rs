@@ -518,6 +518,94 @@ pub async fn cursors_keep_positions_under_a_lease(fixture: &dyn Fixture) {
     log.close().await;
 }
 
+/// Retention prunes up to a signed checkpoint's size in small steps and signs its horizon;
+/// reads that would start inside it say so; hashes, proofs and retries of pruned ids still
+/// work; a reopened log verifies and keeps the horizon, which never moves back.
+pub async fn retention_prunes_to_a_signed_horizon(fixture: &dyn Fixture) {
+    let log = open(fixture.backend());
+    let entries: Vec<_> = (0..35).map(new_entry).collect();
+    for batch in entries.chunks(5) {
+        log.append(batch.to_vec()).await.expect("append");
+    }
+    let whole = || vec![std::ops::Range { start: 0, end: 35 }];
+    let root_before = log.tree_hashes(whole()).await.expect("root");
+    let ascending = |after| Read {
+        filter: Filter::default(),
+        direction: Direction::Ascending { after },
+        through: 35,
+        limit: 100,
+        max_bytes: usize::MAX,
+    };
+    // Asked for 25: the newest signed size at most that is 20 (checkpoints every 10).
+    let step = log.prune(25, 4).await.expect("prune");
+    assert_eq!((step.horizon, step.moved), (20, 4));
+    assert_eq!(log.pruned_through(), 20);
+    let newest = log.checkpoint(None).await.expect("read").expect("one");
+    let newest = log.public_key().open(&newest.note).expect("verifies");
+    assert_eq!(newest.pruned, 20, "the horizon is signed");
+    let mut moved = step.moved;
+    loop {
+        let step = log.prune(25, 4).await.expect("prune");
+        moved += step.moved;
+        if step.moved < 4 {
+            break;
+        }
+    }
+    assert_eq!(moved, 20);
+    match log.read(ascending(0)).await {
+        Err(Error::Pruned { through: 20 }) => {}
+        other => panic!("a read from 0 after pruning: {other:?}"),
+    }
+    let kept = log.read(ascending(20)).await.expect("read").entries;
+    let sequences: Vec<u64> = kept.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (21..=35).collect::<Vec<_>>());
+    let newest_first = log
+        .read(Read {
+            direction: Direction::Descending { before: None },
+            ..ascending(0)
+        })
+        .await
+        .expect("read")
+        .entries;
+    assert_eq!(newest_first.len(), 15, "only kept entries");
+    assert!(matches!(
+        log.first_received_since(0).await,
+        Err(Error::Pruned { through: 20 })
+    ));
+    // What verification needs stays.
+    assert_eq!(log.tree_hashes(whole()).await.expect("root"), root_before);
+    assert!(log.entry_hash(3).await.expect("read").is_some());
+    // A retry of a pruned id gets its first receipt; other content under it is refused.
+    let receipt = log.append(vec![entries[2].clone()]).await.expect("retry");
+    assert_eq!(receipt[0].sequence, 3);
+    let mut changed = entries[2].clone();
+    changed.digest[0] ^= 1;
+    assert!(matches!(
+        log.append(vec![changed]).await,
+        Err(Error::IdConflict { .. })
+    ));
+    // Never back.
+    assert_eq!(log.prune(5, 4).await.expect("prune").horizon, 20);
+    log.close().await;
+    let log = open(fixture.backend());
+    assert!(
+        *log.writable().borrow(),
+        "a pruned log verifies as it opens"
+    );
+    assert_eq!(log.pruned_through(), 20);
+    log.append(vec![new_entry(40)]).await.expect("append");
+    log.close().await;
+    let log = open(fixture.backend());
+    let newest = log.checkpoint(None).await.expect("read").expect("one");
+    let newest = log.public_key().open(&newest.note).expect("verifies");
+    assert_eq!(
+        (newest.size, newest.pruned),
+        (36, 20),
+        "later checkpoints keep it"
+    );
+    log.close().await;
+}
+
 /// Runs every conformance test on the backend of a fixture constructor.
 macro_rules! conformance_tests {
     ($fixture:expr) => {
@@ -549,6 +637,11 @@ macro_rules! conformance_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn cursors_keep_positions_under_a_lease() {
             $crate::store::conformance::cursors_keep_positions_under_a_lease(&$fixture).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn retention_prunes_to_a_signed_horizon() {
+            $crate::store::conformance::retention_prunes_to_a_signed_horizon(&$fixture).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

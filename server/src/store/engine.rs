@@ -22,8 +22,11 @@ use super::backend::{Backend, CursorWrite, Reader};
 use super::recent::{self, Recent};
 use super::signer::{Checkpointing, Signer};
 use super::verify::{self, Refusal};
-use super::writer::{WriteJob, Writer};
-use super::{CursorClaim, Page, Read, Receipt, Stats, StatsQuery, Store, StoredCheckpoint};
+use super::writer::{PruneRequest, WriteJob, Writer};
+use super::{
+    CursorClaim, Direction, Page, PruneStep, Read, Receipt, Stats, StatsQuery, Store,
+    StoredCheckpoint,
+};
 use crate::error::Error;
 use crate::validate::NewEntry;
 
@@ -83,6 +86,8 @@ struct Inner {
     /// The newest committed entries, which answer the reads of subscribers that keep up.
     recent: Arc<RwLock<Recent>>,
     head: watch::Receiver<u64>,
+    /// Retention's horizon as the writer last committed it.
+    pruned: watch::Receiver<u64>,
     writable: watch::Receiver<bool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     follower: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
@@ -169,6 +174,7 @@ impl Log {
         };
         let (head_tx, head_rx) = watch::channel(head_now);
         let head_tx = Arc::new(head_tx);
+        let (pruned_tx, pruned_rx) = watch::channel(tip.pruned);
         let (writable_tx, writable_rx) = watch::channel(writable);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let recent = Arc::new(RwLock::new(Recent::new(
@@ -195,6 +201,7 @@ impl Log {
             tip,
             options.max_group_entries.max(1),
             head_tx,
+            pruned_tx,
             writable_tx,
             signer,
             observer.clone(),
@@ -216,6 +223,7 @@ impl Log {
                 readers,
                 recent,
                 head: head_rx,
+                pruned: pruned_rx,
                 writable: writable_rx,
                 writer: Mutex::new(Some(handle)),
                 follower: Mutex::new(follower),
@@ -260,12 +268,6 @@ impl Log {
         jobs.ok_or(Error::ShuttingDown)?
             .send(job)
             .map_err(|_| Error::ShuttingDown)
-    }
-
-    /// The saved position of durable cursor `name`, read without claiming it.
-    pub async fn cursor_position(&self, name: &str) -> Result<Option<u64>, Error> {
-        let name = name.to_string();
-        self.with_reader(move |r| r.cursor_position(&name)).await
     }
 
     /// Runs `work` on a pooled read connection.
@@ -324,6 +326,7 @@ impl Store for Log {
         let job = WriteJob {
             entries,
             cursor: None,
+            prune: None,
             reply,
             _pending: pending,
         };
@@ -361,6 +364,7 @@ impl Store for Log {
         self.queue(WriteJob {
             entries: Vec::new(),
             cursor: Some((write, claim)),
+            prune: None,
             reply,
             _pending: pending,
         })?;
@@ -368,16 +372,54 @@ impl Store for Log {
     }
 
     async fn read(&self, read: Read) -> Result<Page, Error> {
+        let after = match read.direction {
+            Direction::Ascending { after } => Some(after),
+            Direction::Descending { .. } => None,
+        };
+        let horizon = self.pruned_through();
+        if let Some(after) = after
+            && after < horizon
+        {
+            return Err(Error::Pruned { through: horizon });
+        }
         let shared = self.inner.recent.read().expect("recent lock").read(&read);
         if let Some(shared) = shared {
             return Ok(shared.into_page());
         }
-        self.with_reader(move |r| r.read(&read)).await
+        self.with_reader(move |r| {
+            let page = r.read(&read)?;
+            // Another replica may have pruned past `after` since this one last saw the
+            // horizon. Pruning only ever moves a prefix, so if nothing after `after` is pruned
+            // now, nothing was when the page was read.
+            if let Some(after) = after
+                && let Some((tail, _)) = r.pruned_tail()?
+                && tail > after
+            {
+                return Err(Error::Pruned {
+                    through: tail.max(horizon),
+                });
+            }
+            Ok(page)
+        })
+        .await
     }
 
     async fn first_received_since(&self, nanos: i64) -> Result<Option<u64>, Error> {
-        self.with_reader(move |r| r.first_received_since(nanos))
-            .await
+        let horizon = self.pruned_through();
+        self.with_reader(move |r| {
+            let first = r.first_received_since(nanos)?;
+            let pruned = match r.pruned_tail()? {
+                // Entries received at or after `nanos` may be among the pruned ones.
+                Some((tail, received)) => (received >= nanos).then_some(tail.max(horizon)),
+                None => None,
+            };
+            match (pruned, first) {
+                (Some(through), _) => Err(Error::Pruned { through }),
+                (None, Some(first)) if first <= horizon => Err(Error::Pruned { through: horizon }),
+                (None, first) => Ok(first),
+            }
+        })
+        .await
     }
 
     fn public_key(&self) -> PublicKey {
@@ -425,6 +467,46 @@ impl Store for Log {
 
     fn head(&self) -> watch::Receiver<u64> {
         self.inner.head.clone()
+    }
+
+    fn pruned_through(&self) -> u64 {
+        *self.inner.pruned.borrow()
+    }
+
+    async fn prune(&self, through: u64, rows: usize) -> Result<PruneStep, Error> {
+        if let Some(reason) = &self.inner.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
+        // Only to the size of a signed checkpoint: its chain value is where verification of
+        // the kept entries starts.
+        let through = self
+            .with_reader(move |r| r.checkpoint_size_at_most(through))
+            .await?;
+        let pending = self
+            .inner
+            .pending_bytes
+            .clone()
+            .try_acquire_many_owned(queued_bytes(&[]) as u32)
+            .map_err(|_| Error::Overloaded("write queue is full; retry later".into()))?;
+        let (step, stepped) = oneshot::channel();
+        let (reply, _) = oneshot::channel();
+        self.queue(WriteJob {
+            entries: Vec::new(),
+            cursor: None,
+            prune: Some(PruneRequest {
+                through,
+                rows: rows.max(1),
+                reply: step,
+            }),
+            reply,
+            _pending: pending,
+        })?;
+        stepped.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn cursor_position(&self, name: &str) -> Result<Option<u64>, Error> {
+        let name = name.to_string();
+        self.with_reader(move |r| r.cursor_position(&name)).await
     }
 
     fn writable(&self) -> watch::Receiver<bool> {

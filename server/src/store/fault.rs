@@ -30,17 +30,20 @@ pub enum Point {
     SignCheckpoint,
     /// Housekeeping after a commit (SQLite's WAL checkpoint).
     WalCheckpoint,
+    /// A retention step moving entries out of the log.
+    Prune,
 }
 
 impl Point {
     /// Every point with its name in `AUDIT_FAULT_INJECT`.
-    pub const ALL: [(Point, &'static str); 6] = [
+    pub const ALL: [(Point, &'static str); 7] = [
         (Point::BeforeInsert, "before-insert"),
         (Point::BeforeCommit, "before-commit"),
         (Point::Commit, "commit"),
         (Point::AfterCommit, "after-commit"),
         (Point::SignCheckpoint, "sign-checkpoint"),
         (Point::WalCheckpoint, "wal-checkpoint"),
+        (Point::Prune, "prune"),
     ];
 }
 
@@ -164,6 +167,11 @@ impl Backend for FaultBackend {
 
     fn cursor(&mut self, write: &CursorWrite) -> Result<super::CursorClaim, BackendError> {
         self.inner.cursor(write)
+    }
+
+    fn prune(&mut self, through: u64, limit: usize) -> Result<usize, BackendError> {
+        self.hit(Point::Prune)?;
+        self.inner.prune(through, limit)
     }
 
     fn commit(&mut self, tip: &Tip) -> Result<(), BackendError> {

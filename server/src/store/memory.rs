@@ -39,9 +39,34 @@ struct StoredRow {
     chain_hash: Hash,
 }
 
+/// What retention keeps of a pruned entry.
+#[derive(Clone)]
+struct PrunedRow {
+    id: String,
+    digest: Vec<u8>,
+    request_id: String,
+    received_ns: i64,
+    entry_hash: Hash,
+    chain_hash: Hash,
+}
+
+impl From<StoredRow> for PrunedRow {
+    fn from(row: StoredRow) -> Self {
+        PrunedRow {
+            id: row.id,
+            digest: row.digest,
+            request_id: row.request_id,
+            received_ns: row.received_ns,
+            entry_hash: row.entry_hash,
+            chain_hash: row.chain_hash,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     entries: BTreeMap<u64, StoredRow>,
+    pruned: BTreeMap<u64, PrunedRow>,
     ids: HashMap<String, u64>,
     checkpoints: Vec<StoredCheckpoint>,
     tip: Option<Tip>,
@@ -112,6 +137,8 @@ struct Staged {
     rows: Vec<(u64, StoredRow)>,
     checkpoints: Vec<NewCheckpoint>,
     cursors: Vec<(String, CursorRow)>,
+    /// Entries up to this sequence move to the pruned rows.
+    prune_through: Option<u64>,
 }
 
 struct MemoryBackend {
@@ -149,21 +176,25 @@ impl Backend for MemoryBackend {
                 let row = staged
                     .iter()
                     .find(|(_, row)| row.id == *id)
-                    .map(|(sequence, row)| (*sequence, row))
+                    .map(|(sequence, row)| (*sequence, PrunedRow::from(row.clone())))
                     .or_else(|| {
                         let sequence = *state.ids.get(*id)?;
-                        Some((sequence, state.entries.get(&sequence)?))
+                        let row = match state.entries.get(&sequence) {
+                            Some(row) => PrunedRow::from(row.clone()),
+                            None => state.pruned.get(&sequence)?.clone(),
+                        };
+                        Some((sequence, row))
                     })?;
                 let (sequence, row) = row;
                 Some(StoredId {
                     receipt: Receipt {
-                        id: row.id.clone(),
+                        id: row.id,
                         sequence,
-                        request_id: row.request_id.clone(),
+                        request_id: row.request_id,
                         entry_hash: row.entry_hash,
                         chain_hash: row.chain_hash,
                     },
-                    digest: row.digest.clone(),
+                    digest: row.digest,
                 })
             })
             .collect())
@@ -221,6 +252,21 @@ impl Backend for MemoryBackend {
         Ok(claim)
     }
 
+    fn prune(&mut self, through: u64, limit: usize) -> Result<usize, BackendError> {
+        self.db.check_up()?;
+        let state = self.db.state();
+        let step: Vec<u64> = state
+            .entries
+            .range(..=through)
+            .map(|(s, _)| *s)
+            .take(limit)
+            .collect();
+        if let Some(last) = step.last() {
+            self.staged.as_mut().expect("a group is open").prune_through = Some(*last);
+        }
+        Ok(step.len())
+    }
+
     fn commit(&mut self, tip: &Tip) -> Result<(), BackendError> {
         let Some(staged) = self.staged.take() else {
             return Err(BackendError::Failed("no open group".into()));
@@ -251,6 +297,13 @@ impl Backend for MemoryBackend {
                 });
             }
             state.cursors.extend(staged.cursors);
+            if let Some(through) = staged.prune_through {
+                let kept = state.entries.split_off(&(through + 1));
+                let moved = std::mem::replace(&mut state.entries, kept);
+                state
+                    .pruned
+                    .extend(moved.into_iter().map(|(s, row)| (s, PrunedRow::from(row))));
+            }
             state.tip = Some(tip.clone());
         }
         self.db.unlock();
@@ -387,7 +440,12 @@ impl Reader for MemoryReader {
 
     fn entry_hash(&mut self, sequence: u64) -> Result<Option<Hash>, Error> {
         self.up()?;
-        Ok(self.db.state().entries.get(&sequence).map(|r| r.entry_hash))
+        let state = self.db.state();
+        Ok(state
+            .entries
+            .get(&sequence)
+            .map(|r| r.entry_hash)
+            .or_else(|| state.pruned.get(&sequence).map(|r| r.entry_hash)))
     }
 
     fn hashes(
@@ -398,8 +456,13 @@ impl Reader for MemoryReader {
     ) -> Result<(), Error> {
         self.up()?;
         let state = self.db.state();
-        for (sequence, row) in state.entries.range(after.saturating_add(1)..=through) {
-            if !each(*sequence, row.entry_hash, row.chain_hash) {
+        let range = after.saturating_add(1)..=through;
+        let pruned = state.pruned.range(range.clone());
+        let pruned = pruned.map(|(s, row)| (*s, row.entry_hash, row.chain_hash));
+        let kept = state.entries.range(range);
+        let kept = kept.map(|(s, row)| (*s, row.entry_hash, row.chain_hash));
+        for (sequence, entry_hash, chain_hash) in pruned.chain(kept) {
+            if !each(sequence, entry_hash, chain_hash) {
                 break;
             }
         }
@@ -431,6 +494,20 @@ impl Reader for MemoryReader {
     fn head(&mut self) -> Result<u64, Error> {
         self.up()?;
         Ok(self.db.state().tip.as_ref().map_or(0, |t| t.sequence))
+    }
+
+    fn pruned_tail(&mut self) -> Result<Option<(u64, i64)>, Error> {
+        self.up()?;
+        let state = self.db.state();
+        let tail = state.pruned.iter().next_back();
+        Ok(tail.map(|(sequence, row)| (*sequence, row.received_ns)))
+    }
+
+    fn checkpoint_size_at_most(&mut self, size: u64) -> Result<u64, Error> {
+        self.up()?;
+        let state = self.db.state();
+        let sizes = state.checkpoints.iter().map(|c| c.size);
+        Ok(sizes.filter(|s| *s <= size).max().unwrap_or(0))
     }
 
     fn cursor_position(&mut self, name: &str) -> Result<Option<u64>, Error> {

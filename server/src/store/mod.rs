@@ -160,6 +160,15 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// What one step of retention did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneStep {
+    /// The horizon after it: entries up to here are pruned, or being pruned.
+    pub horizon: u64,
+    /// Entries it moved out of the log (0: none was left at or below the horizon).
+    pub moved: usize,
+}
+
 /// A durable cursor (a forwarder) as one server sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CursorClaim {
@@ -185,10 +194,12 @@ pub trait Store: Send + Sync + 'static {
         entries: Vec<NewEntry>,
     ) -> impl Future<Output = Result<Vec<Receipt>, Error>> + Send;
 
-    /// Reads entries matching a filter, in sequence order.
+    /// Reads entries matching a filter, in sequence order. An ascending read that starts inside
+    /// the range retention pruned fails with [`Error::Pruned`] rather than skip it.
     fn read(&self, read: Read) -> impl Future<Output = Result<Page, Error>> + Send;
 
-    /// The lowest sequence received by the server at or after `nanos` since the Unix epoch.
+    /// The lowest sequence received by the server at or after `nanos` since the Unix epoch;
+    /// [`Error::Pruned`] when entries received since then may have been pruned.
     fn first_received_since(
         &self,
         nanos: i64,
@@ -236,6 +247,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// The sequence of the newest committed entry (0 when empty), updated after each commit.
     fn head(&self) -> watch::Receiver<u64>;
+
+    /// Retention's horizon: entries 1 to it were pruned (0: none), as this server last saw it.
+    fn pruned_through(&self) -> u64;
+
+    /// One step of retention (see [`Log::prune`]): prunes up to the largest checkpoint size at
+    /// most `through`, at most `rows` entries in this step.
+    fn prune(
+        &self,
+        through: u64,
+        rows: usize,
+    ) -> impl Future<Output = Result<PruneStep, Error>> + Send;
+
+    /// The saved position of durable cursor `name`, read without claiming it.
+    fn cursor_position(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
 
     /// Whether the store accepts writes: false from the start when its log did not verify as it
     /// opened, and for good after a storage failure.

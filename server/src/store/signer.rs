@@ -184,6 +184,7 @@ impl Signer {
             chain: tip.chain,
             time,
             max_unsigned: Some(self.every_entries),
+            pruned: tip.pruned,
         };
         NewCheckpoint {
             size: tip.sequence,

@@ -203,10 +203,20 @@ fn verify_snapshot(
             checkpoint.size
         ));
     }
+    if let Some((tail, _)) = reader.pruned_tail()?
+        && tail > checkpoint.pruned
+    {
+        return tampered(format!(
+            "entries up to {tail} have no body, but the newest checkpoint #{index} says \
+             retention pruned only {}: entries were deleted",
+            checkpoint.pruned
+        ));
+    }
     if let Err(reason) = verify_tail(reader, checkpoint.size, checkpoint.chain)? {
         return tampered(reason);
     }
     tip.signed_size = checkpoint.size;
+    tip.pruned = checkpoint.pruned;
     Ok(Ok(Verified {
         tip,
         sign_now: checkpoint.max_unsigned != Some(options.every_entries.max(1)),

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
-use super::CursorClaim;
-use super::Receipt;
 use super::backend::{Backend, BackendError, CursorWrite, NewCheckpoint, Row, StoredId, Tip};
 use super::engine::{EntryOutcome, ObserverSlot, advance};
 use super::recent::{Kept, Recent};
 use super::signer::Signer;
+use super::{CursorClaim, PruneStep, Receipt};
 use crate::error::Error;
 use crate::validate::NewEntry;
 
@@ -31,17 +30,34 @@ pub struct WriteJob {
     /// A durable cursor's lease and position to write in the same group, and where its
     /// outcome goes.
     pub cursor: Option<(CursorWrite, oneshot::Sender<Result<CursorClaim, Error>>)>,
+    /// A step of retention to take in the same group.
+    pub prune: Option<PruneRequest>,
     /// Where the outcome goes.
     pub reply: oneshot::Sender<Result<Vec<Receipt>, Error>>,
     /// Released once the job is answered.
     pub _pending: OwnedSemaphorePermit,
 }
 
+/// One step of retention: raise the horizon to `through` (never lower it), signing the new
+/// horizon into a checkpoint of the same group, then move at most `rows` entries at or below
+/// the horizon out of the log.
+pub struct PruneRequest {
+    /// The horizon wanted: the size of a stored checkpoint.
+    pub through: u64,
+    /// Most entries to move in this step.
+    pub rows: usize,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<PruneStep, Error>>,
+}
+
 impl WriteJob {
-    /// Answers the job, and its cursor write, with `error`.
+    /// Answers the job, and its cursor write and retention step, with `error`.
     fn refuse(self, error: Error) {
         if let Some((_, reply)) = self.cursor {
             let _ = reply.send(Err(Error::StoreFailed(error.to_string())));
+        }
+        if let Some(prune) = self.prune {
+            let _ = prune.reply.send(Err(Error::StoreFailed(error.to_string())));
         }
         let _ = self.reply.send(Err(error));
     }
@@ -56,6 +72,20 @@ const SETTLE_PATIENCE: Duration = Duration::from_secs(5);
 /// Why one write request of a group failed without failing the group.
 enum JobFailure {
     Conflict { field: String, id: String },
+}
+
+/// What applying a group did, before its commit.
+struct Applied {
+    /// Per job: its receipts, or why it was refused.
+    outcomes: Vec<Result<Vec<Receipt>, JobFailure>>,
+    /// Per job: its cursor claim, if it had a cursor write.
+    claims: Vec<Option<CursorClaim>>,
+    /// Per job: its retention step, if it had one.
+    prunes: Vec<Option<PruneStep>>,
+    /// The log once the group commits.
+    tip: Tip,
+    /// The checkpoint signed into the group, if one was due.
+    signed: Option<NewCheckpoint>,
 }
 
 /// The rows a group inserts, and where each id is among them.
@@ -105,6 +135,8 @@ pub struct Writer {
     tip: Tip,
     max_group_entries: usize,
     head: Arc<watch::Sender<u64>>,
+    /// Retention's horizon as last committed.
+    pruned: watch::Sender<u64>,
     writable: watch::Sender<bool>,
     signer: Signer,
     health: Health,
@@ -143,6 +175,7 @@ impl Writer {
         tip: Tip,
         max_group_entries: usize,
         head: Arc<watch::Sender<u64>>,
+        pruned: watch::Sender<u64>,
         writable: watch::Sender<bool>,
         signer: Signer,
         observer: ObserverSlot,
@@ -159,6 +192,7 @@ impl Writer {
             tip,
             max_group_entries,
             head,
+            pruned,
             writable,
             signer,
             health,
@@ -236,7 +270,13 @@ impl Writer {
     fn commit_group(&mut self, mut group: Vec<WriteJob>) {
         let before = self.tip.sequence;
         let started = Instant::now();
-        let (outcomes, claims, tip, signed) = match self.apply(&group) {
+        let Applied {
+            outcomes,
+            claims,
+            prunes,
+            tip,
+            signed,
+        } = match self.apply(&group) {
             Ok(applied) => applied,
             Err(error) => {
                 self.backend.rollback();
@@ -269,9 +309,14 @@ impl Writer {
         if self.tip.sequence != before {
             advance(&self.head, self.tip.sequence);
         }
-        for ((job, outcome), claim) in group.into_iter().zip(outcomes).zip(claims) {
+        advance(&self.pruned, self.tip.pruned);
+        let answers = outcomes.into_iter().zip(claims).zip(prunes);
+        for (job, ((outcome, claim), prune)) in group.into_iter().zip(answers) {
             if let (Some((_, reply)), Some(claim)) = (job.cursor, claim) {
                 let _ = reply.send(Ok(claim));
+            }
+            if let (Some(request), Some(step)) = (job.prune, prune) {
+                let _ = request.reply.send(Ok(step));
             }
             let result = outcome
                 .map_err(|JobFailure::Conflict { field, id }| Error::IdConflict { field, id });
@@ -335,20 +380,9 @@ impl Writer {
     }
 
     /// Applies every job in the open transaction: the outcome of each, the tip after them, and
-    /// the checkpoint signed into the group if one is due.
-    #[allow(clippy::type_complexity)]
-    fn apply(
-        &mut self,
-        group: &[WriteJob],
-    ) -> Result<
-        (
-            Vec<Result<Vec<Receipt>, JobFailure>>,
-            Vec<Option<CursorClaim>>,
-            Tip,
-            Option<NewCheckpoint>,
-        ),
-        BackendError,
-    > {
+    /// the checkpoint signed into the group if one is due (or a retention step raised the
+    /// horizon, which only a signed checkpoint may do).
+    fn apply(&mut self, group: &[WriteJob]) -> Result<Applied, BackendError> {
         if let Some(shared) = self.backend.begin()? {
             // Another replica may have committed since this writer last did.
             self.tip = shared;
@@ -370,8 +404,28 @@ impl Writer {
                 None => None,
             });
         }
+        let mut raised = false;
+        let mut prunes = Vec::with_capacity(group.len());
+        for job in group {
+            prunes.push(match &job.prune {
+                Some(request) => {
+                    // Up to a signed size only: the checkpoint of that size proves the chain
+                    // the kept entries continue.
+                    if request.through > tip.pruned && request.through <= tip.signed_size {
+                        tip.pruned = request.through;
+                        raised = true;
+                    }
+                    let moved = self.backend.prune(tip.pruned, request.rows)?;
+                    Some(PruneStep {
+                        horizon: tip.pruned,
+                        moved,
+                    })
+                }
+                None => None,
+            });
+        }
         // A due checkpoint rides on this commit: no extra sync.
-        let signed = if self.signer.due(&tip) {
+        let signed = if self.signer.due(&tip) || raised {
             let checkpoint = self.signer.sign(&tip);
             self.backend.insert_checkpoint(&checkpoint)?;
             tip.signed_size = tip.sequence;
@@ -379,7 +433,13 @@ impl Writer {
         } else {
             None
         };
-        Ok((outcomes, claims, tip, signed))
+        Ok(Applied {
+            outcomes,
+            claims,
+            prunes,
+            tip,
+            signed,
+        })
     }
 
     /// Applies one request: entries whose client-chosen id is already stored are not stored
@@ -613,6 +673,7 @@ impl Writer {
                 }
                 self.signer.committed(&tip, Some(&checkpoint));
                 self.tip = tip;
+                advance(&self.pruned, self.tip.pruned);
             }
             Ok(None) => self.signer.committed(&self.tip.clone(), None),
             Err(error) => {

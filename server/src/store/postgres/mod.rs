@@ -276,7 +276,7 @@ impl Backend for PostgresBackend {
         let row = self.call(|client| {
             client.batch_execute("BEGIN")?;
             client.query_one(
-                "SELECT sequence, chain, frontier, signed_size FROM log_tip WHERE id = 1 \
+                "SELECT sequence, chain, frontier, signed_size, pruned FROM log_tip WHERE id = 1 \
                  FOR UPDATE",
                 &[],
             )
@@ -296,6 +296,7 @@ impl Backend for PostgresBackend {
             chain: hash_or_zeros(Some(row.get(1))),
             tree,
             signed_size: row.get::<_, i64>(3) as u64,
+            pruned: row.get::<_, i64>(4) as u64,
         }))
     }
 
@@ -307,6 +308,8 @@ impl Backend for PostgresBackend {
         let rows = self.call(|client| {
             client.query(
                 "SELECT id, sequence, digest, request_id, entry_hash, chain_hash FROM entries \
+                 WHERE id = ANY($1) UNION ALL \
+                 SELECT id, sequence, digest, request_id, entry_hash, chain_hash FROM pruned \
                  WHERE id = ANY($1)",
                 &[&keys],
             )
@@ -448,15 +451,36 @@ impl Backend for PostgresBackend {
         Ok(claim)
     }
 
+    fn prune(&mut self, through: u64, limit: usize) -> Result<usize, BackendError> {
+        let (through, limit) = (through.min(i64::MAX as u64) as i64, limit as i64);
+        let moved = self.call(|client| {
+            client.execute(
+                "WITH step AS (DELETE FROM entries WHERE sequence IN (SELECT sequence FROM entries \
+                 WHERE sequence <= $1 ORDER BY sequence LIMIT $2) RETURNING sequence, id, \
+                 digest, request_id, received_ns, entry_hash, chain_hash) \
+                 INSERT INTO pruned SELECT * FROM step",
+                &[&through, &limit],
+            )
+        })?;
+        Ok(moved as usize)
+    }
+
     fn commit(&mut self, tip: &Tip) -> Result<(), BackendError> {
         let sequence = tip.sequence as i64;
         let signed = tip.signed_size as i64;
+        let pruned = tip.pruned as i64;
         let frontier = tip.tree.to_bytes();
         self.call(|client| {
             client.execute(
-                "UPDATE log_tip SET sequence = $1, chain = $2, frontier = $3, signed_size = $4 \
-                 WHERE id = 1",
-                &[&sequence, &tip.chain.as_slice(), &frontier, &signed],
+                "UPDATE log_tip SET sequence = $1, chain = $2, frontier = $3, signed_size = $4, \
+                 pruned = $5 WHERE id = 1",
+                &[
+                    &sequence,
+                    &tip.chain.as_slice(),
+                    &frontier,
+                    &signed,
+                    &pruned,
+                ],
             )?;
             client.execute(
                 "SELECT pg_notify('audit_head', $1)",

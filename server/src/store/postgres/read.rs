@@ -168,7 +168,8 @@ impl Reader for PostgresReader {
 
     fn entry_hash(&mut self, sequence: u64) -> Result<Option<Hash>, Error> {
         let rows = self.query(
-            "SELECT entry_hash FROM entries WHERE sequence = $1",
+            "SELECT entry_hash FROM entries WHERE sequence = $1 \
+             UNION ALL SELECT entry_hash FROM pruned WHERE sequence = $1",
             &[&(sequence as i64)],
         )?;
         Ok(rows.first().map(|row| hash_or_zeros(row.get(0))))
@@ -186,7 +187,9 @@ impl Reader for PostgresReader {
         let mut after = after as i64;
         while after < through {
             let rows = self.query(
-                "SELECT sequence, entry_hash, chain_hash FROM entries \
+                "SELECT sequence, entry_hash, chain_hash FROM pruned \
+                 WHERE sequence > $1 AND sequence <= $2 \
+                 UNION ALL SELECT sequence, entry_hash, chain_hash FROM entries \
                  WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3",
                 &[&after, &through, &SLICE],
             )?;
@@ -249,6 +252,24 @@ impl Reader for PostgresReader {
         Ok(rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64))
     }
 
+    fn pruned_tail(&mut self) -> Result<Option<(u64, i64)>, Error> {
+        let rows = self.query(
+            "SELECT sequence, received_ns FROM pruned ORDER BY sequence DESC LIMIT 1",
+            &[],
+        )?;
+        Ok(rows
+            .first()
+            .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1))))
+    }
+
+    fn checkpoint_size_at_most(&mut self, size: u64) -> Result<u64, Error> {
+        let rows = self.query(
+            "SELECT COALESCE(MAX(size), 0) FROM checkpoints WHERE size <= $1",
+            &[&(size.min(i64::MAX as u64) as i64)],
+        )?;
+        Ok(rows[0].get::<_, i64>(0) as u64)
+    }
+
     fn cursor_position(&mut self, name: &str) -> Result<Option<u64>, Error> {
         let rows = self.query("SELECT position FROM cursors WHERE name = $1", &[&name])?;
         Ok(rows
@@ -303,8 +324,9 @@ impl Reader for PostgresReader {
         // The tip must describe the stored log: its newest entry and newest checkpoint.
         let rows = self.query(
             "SELECT t.sequence, t.signed_size, \
-                    (SELECT COALESCE(MAX(sequence), 0) FROM entries), \
-                    (SELECT COUNT(*) FROM entries), \
+                    GREATEST((SELECT COALESCE(MAX(sequence), 0) FROM entries), \
+                             (SELECT COALESCE(MAX(sequence), 0) FROM pruned)), \
+                    (SELECT COUNT(*) FROM entries) + (SELECT COUNT(*) FROM pruned), \
                     (SELECT COALESCE(MAX(size), 0) FROM checkpoints) \
              FROM log_tip t WHERE t.id = 1",
             &[],

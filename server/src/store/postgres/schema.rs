@@ -9,10 +9,10 @@ use postgres::Client;
 use crate::error::Error;
 
 /// The newest schema version this server knows.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE entries (
     sequence    bigint PRIMARY KEY,
@@ -69,6 +69,20 @@ CREATE TABLE cursors (
     owner       text NOT NULL,
     lease_until bigint NOT NULL
 );
+"#,
+    r#"
+-- What retention keeps of the entries it prunes: what verification and retries need.
+CREATE TABLE pruned (
+    sequence    bigint PRIMARY KEY,
+    id          uuid NOT NULL UNIQUE,
+    digest      bytea NOT NULL,
+    request_id  text COLLATE "C" NOT NULL,
+    received_ns bigint NOT NULL,
+    entry_hash  bytea NOT NULL,
+    chain_hash  bytea NOT NULL
+);
+-- Retention's horizon, as the newest checkpoint signs it.
+ALTER TABLE log_tip ADD COLUMN pruned bigint NOT NULL DEFAULT 0;
 "#,
 ];
 

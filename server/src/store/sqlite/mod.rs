@@ -34,7 +34,7 @@ use crate::validate::timestamp_nanos;
 
 pub use direct::DirectWriter;
 
-use audit_ledger::sqlite::{SCHEMA_1 as SCHEMA, SCHEMA_2, SCHEMA_3, SCHEMA_VERSION};
+use audit_ledger::sqlite::{SCHEMA_VERSION, SCHEMAS};
 
 const INSERT: &str = "INSERT INTO entries (sequence, id, digest, request_id, time_ns, received_ns,
     source, method, event, category, resource, level, outcome, status_code, principal, spiffe_id,
@@ -237,6 +237,34 @@ impl Backend for SqliteBackend {
         Ok(claim)
     }
 
+    fn prune(&mut self, through: u64, limit: usize) -> Result<usize, BackendError> {
+        let through = through.min(i64::MAX as u64) as i64;
+        // The last sequence of this step: the oldest `limit` entries at or below `through`.
+        let last: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(sequence) FROM (SELECT sequence FROM entries WHERE sequence <= ? \
+                 ORDER BY sequence LIMIT ?)",
+            )
+            .and_then(|mut select| {
+                select.query_row(rusqlite::params![through, limit as i64], |row| row.get(0))
+            })
+            .map_err(failed)?;
+        let Some(last) = last else { return Ok(0) };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO pruned (sequence, id, digest, request_id, received_ns, entry_hash, \
+                 chain_hash) SELECT sequence, id, digest, request_id, received_ns, entry_hash, \
+                 chain_hash FROM entries WHERE sequence <= ?",
+            )
+            .and_then(|mut insert| insert.execute([last]))
+            .map_err(failed)?;
+        self.conn
+            .prepare_cached("DELETE FROM entries WHERE sequence <= ?")
+            .and_then(|mut delete| delete.execute([last]))
+            .map_err(failed)
+    }
+
     fn commit(&mut self, _tip: &Tip) -> Result<(), BackendError> {
         self.conn.execute_batch("COMMIT").map_err(failed)
     }
@@ -265,8 +293,11 @@ impl Backend for SqliteBackend {
 /// The receipt and content digest of the entry stored with `id`, if any.
 fn stored_receipt(conn: &Connection, id: &str) -> Result<Option<StoredId>, rusqlite::Error> {
     let key = uuid::Uuid::parse_str(id).expect("validated id");
+    // Retention moves old entries to `pruned`, with what a retry's receipt needs.
     let mut select = conn.prepare_cached(
-        "SELECT sequence, digest, request_id, entry_hash, chain_hash FROM entries WHERE id = ?",
+        "SELECT sequence, digest, request_id, entry_hash, chain_hash FROM entries WHERE id = ?1 \
+         UNION ALL \
+         SELECT sequence, digest, request_id, entry_hash, chain_hash FROM pruned WHERE id = ?1",
     )?;
     let hash = |h: Option<Vec<u8>>| super::backend::hash_or_zeros(h);
     select
@@ -473,42 +504,32 @@ fn open_writer(path: &Path) -> Result<(Connection, bool), Error> {
     Ok((conn, migrated))
 }
 
+/// Creates or migrates the schema; true when it was migrated from version 1, which had no
+/// hashes and no checkpoints.
 fn migrate(conn: &mut Connection) -> Result<bool, Error> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    match version {
-        0 => {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(SCHEMA)?;
-            tx.execute_batch(SCHEMA_2)?;
-            tx.execute_batch(SCHEMA_3)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
-            Ok(false)
-        }
-        1 => {
-            // Version 2 hashes every entry stored so far into the chain.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(SCHEMA_2)?;
-            hash_existing_rows(&tx)?;
-            tx.execute_batch(SCHEMA_3)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
-            tracing::info!("store migrated to schema version 3: entries hashed and chained");
-            Ok(true)
-        }
-        2 => {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(SCHEMA_3)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            tx.commit()?;
-            tracing::info!("store migrated to schema version 3: cursor positions");
-            Ok(false)
-        }
-        SCHEMA_VERSION => Ok(false),
-        newer => Err(Error::StoreFailed(format!(
-            "database schema version {newer} is newer than this server's ({SCHEMA_VERSION})"
-        ))),
+    if version > SCHEMA_VERSION {
+        return Err(Error::StoreFailed(format!(
+            "database schema version {version} is newer than this server's ({SCHEMA_VERSION})"
+        )));
     }
+    if version == SCHEMA_VERSION {
+        return Ok(false);
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (index, schema) in SCHEMAS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(schema)?;
+        // Version 2 hashes every entry stored so far into the chain.
+        if index == 1 && version == 1 {
+            hash_existing_rows(&tx)?;
+        }
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    if version > 0 {
+        tracing::info!(from = version, to = SCHEMA_VERSION, "store schema migrated");
+    }
+    Ok(version == 1)
 }
 
 /// Computes the hashes of rows stored before schema version 2, in sequence order, a batch at a

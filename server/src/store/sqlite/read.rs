@@ -114,7 +114,8 @@ impl Reader for SqliteReader {
         let stored: Option<Option<Vec<u8>>> = self
             .conn
             .query_row(
-                "SELECT entry_hash FROM entries WHERE sequence = ?",
+                "SELECT entry_hash FROM entries WHERE sequence = ?1 \
+                 UNION ALL SELECT entry_hash FROM pruned WHERE sequence = ?1",
                 [sequence as i64],
                 |row| row.get(0),
             )
@@ -129,8 +130,10 @@ impl Reader for SqliteReader {
         each: &mut dyn FnMut(u64, Hash, Hash) -> bool,
     ) -> Result<(), Error> {
         let mut statement = self.conn.prepare_cached(
-            "SELECT sequence, entry_hash, chain_hash FROM entries \
-             WHERE sequence > ? AND sequence <= ? ORDER BY sequence",
+            "SELECT sequence, entry_hash, chain_hash FROM pruned \
+             WHERE sequence > ?1 AND sequence <= ?2 \
+             UNION ALL SELECT sequence, entry_hash, chain_hash FROM entries \
+             WHERE sequence > ?1 AND sequence <= ?2 ORDER BY sequence",
         )?;
         let mut rows = statement.query([after as i64, through.min(i64::MAX as u64) as i64])?;
         while let Some(row) = rows.next()? {
@@ -184,11 +187,33 @@ impl Reader for SqliteReader {
 
     fn head(&mut self) -> Result<u64, Error> {
         let head: i64 = self.conn.query_row(
-            "SELECT COALESCE(MAX(sequence), 0) FROM entries",
+            "SELECT MAX(COALESCE((SELECT MAX(sequence) FROM entries), 0), \
+             COALESCE((SELECT MAX(sequence) FROM pruned), 0))",
             [],
             |row| row.get(0),
         )?;
         Ok(head as u64)
+    }
+
+    fn pruned_tail(&mut self) -> Result<Option<(u64, i64)>, Error> {
+        let tail: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT sequence, received_ns FROM pruned ORDER BY sequence DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        Ok(tail.map(|(sequence, received)| (sequence as u64, received)))
+    }
+
+    fn checkpoint_size_at_most(&mut self, size: u64) -> Result<u64, Error> {
+        let found: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(size), 0) FROM checkpoints WHERE size <= ?",
+            [size.min(i64::MAX as u64) as i64],
+            |row| row.get(0),
+        )?;
+        Ok(found as u64)
     }
 
     fn cursor_position(&mut self, name: &str) -> Result<Option<u64>, Error> {

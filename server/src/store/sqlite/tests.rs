@@ -154,10 +154,10 @@ async fn an_edited_unsigned_entry_is_found_at_start() {
 async fn a_version_2_store_opens_migrated_with_its_log_intact() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), 6).await;
-    // As a store of schema version 2 was: no cursors table.
+    // As a store of schema version 2 was: no cursors and no pruned table.
     Connection::open(dir.path().join("audit.db"))
         .unwrap()
-        .execute_batch("DROP TABLE cursors; PRAGMA user_version = 2;")
+        .execute_batch("DROP TABLE cursors; DROP TABLE pruned; PRAGMA user_version = 2;")
         .unwrap();
     let store = open_log(dir.path(), 4, 64 << 20);
     assert!(*store.writable().borrow(), "verified and writable");

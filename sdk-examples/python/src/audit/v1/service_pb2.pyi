@@ -154,12 +154,14 @@ class QueryRequest(_message.Message):
     def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[Order, str]] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("entries", "next_page_token")
+    __slots__ = ("entries", "next_page_token", "pruned_through")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_THROUGH_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[_entry_pb2.AuditEntry]
     next_page_token: str
-    def __init__(self, entries: _Optional[_Iterable[_Union[_entry_pb2.AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    pruned_through: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[_entry_pb2.AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., pruned_through: _Optional[int] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("index", "origin", "size", "root_hash", "chain_hash", "time", "note")
