@@ -40,11 +40,11 @@ pub mod sqlite;
 
 pub use checkpoint::{Checkpoint, PublicKey, SigningKey};
 pub use digest::{DigestCheck, retry_digest, stored_digest_matches};
-pub use redacted::{MAX_KEY_ID_LEN, REDACTED_PREFIX, is_key_id, is_redacted, mask_redacted};
 pub use encoding::{
     CHAIN_START, CHAIN_TAG, ENCODING_VERSION, ENTRY_TAG, Hash, chain_hash, encode_entry,
     entry_hash, entry_hash_at,
 };
+pub use redacted::{MAX_KEY_ID_LEN, REDACTED_PREFIX, is_key_id, is_redacted, mask_redacted};
 
 /// Why a key, a note or a proof was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -106,8 +106,14 @@ mod tests {
         assert!(is_redacted(&format!("hmac-sha256:k1:{hex}")));
         assert!(is_redacted(&format!("hmac-sha256:2026-01.a_b:{hex}")));
         assert!(!is_redacted(&format!("hmac-sha256::{hex}")), "no key id");
-        assert!(!is_redacted(&format!("hmac-sha256:k1:{}", &hex[1..])), "short");
-        assert!(!is_redacted(&format!("hmac-sha256:k1:{}", hex.to_uppercase())));
+        assert!(
+            !is_redacted(&format!("hmac-sha256:k1:{}", &hex[1..])),
+            "short"
+        );
+        assert!(!is_redacted(&format!(
+            "hmac-sha256:k1:{}",
+            hex.to_uppercase()
+        )));
         assert!(!is_redacted(&format!("hmac-sha256:k 1:{hex}")));
         assert!(!is_redacted(&format!("hmac-sha1:k1:{hex}")));
         assert!(!is_redacted("hmac-sha256:"));
