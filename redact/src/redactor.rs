@@ -11,7 +11,7 @@ use crate::keys::{KeyError, RedactionKey};
 use crate::rules::RedactionRules;
 
 /// Applies redaction rules with the current key, and hashes known values with any key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Redactor {
     rules: RedactionRules,
     keys: Vec<RedactionKey>,

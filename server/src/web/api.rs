@@ -380,6 +380,7 @@ impl From<Error> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::IdConflict { .. } => StatusCode::CONFLICT,
+            Error::NotConfigured(_) => StatusCode::PRECONDITION_FAILED,
             Error::Config(_) | Error::Internal(_) => {
                 tracing::error!(%error, "web console request failed");
                 return Self::status(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
