@@ -20,7 +20,12 @@ pub struct RedactionConfig {
     /// A field whose value is stored as `hmac-sha256:KEYID:HEX` instead (repeatable): a text
     /// field (`caller.principal`), `labels.KEY` or `details.PATH`, with `*` in label keys and
     /// path segments (`labels.secret_*`, `details.*.token`). Adds to the config file's `redact`.
-    #[arg(long = "redact", value_name = "FIELD", env = "AUDIT_REDACT", value_delimiter = ',')]
+    #[arg(
+        long = "redact",
+        value_name = "FIELD",
+        env = "AUDIT_REDACT",
+        value_delimiter = ','
+    )]
     pub redact: Vec<String>,
 
     /// A redaction key, `ID=PATH` or `PATH` (the id is then the file name without extension),
@@ -36,7 +41,11 @@ pub struct RedactionConfig {
     pub key_files: Vec<String>,
 
     /// Id of the key that redacts new entries; the first `--redaction-key-file` by default.
-    #[arg(long = "redaction-key-current", value_name = "ID", env = "AUDIT_REDACTION_KEY_CURRENT")]
+    #[arg(
+        long = "redaction-key-current",
+        value_name = "ID",
+        env = "AUDIT_REDACTION_KEY_CURRENT"
+    )]
     pub current_key: Option<String>,
 }
 
