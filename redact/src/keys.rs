@@ -4,6 +4,9 @@
 use std::fmt;
 use std::path::Path;
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 /// Fewest bytes a key's secret holds.
 pub const MIN_KEY_BYTES: usize = 32;
 
@@ -11,7 +14,8 @@ pub const MIN_KEY_BYTES: usize = 32;
 #[derive(Clone)]
 pub struct RedactionKey {
     id: String,
-    secret: Vec<u8>,
+    /// The HMAC keyed once with the secret; each hash starts from a clone of it.
+    mac: Hmac<Sha256>,
 }
 
 /// Why a key was refused. Messages never contain the key's secret.
@@ -59,9 +63,10 @@ impl RedactionKey {
                 bytes: secret.len(),
             });
         }
+        let mac = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes keys of any length");
         Ok(Self {
             id: id.to_string(),
-            secret,
+            mac,
         })
     }
 
@@ -96,8 +101,11 @@ impl RedactionKey {
         &self.id
     }
 
-    pub(crate) fn secret(&self) -> &[u8] {
-        &self.secret
+    /// The HMAC-SHA256 of `value` under this key.
+    pub(crate) fn mac(&self, value: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(value);
+        mac.finalize().into_bytes().into()
     }
 }
 
@@ -130,7 +138,12 @@ mod tests {
         std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
         let key = RedactionKey::load(path.to_str().unwrap()).unwrap();
         assert_eq!(key.id(), "2026-q1");
-        assert_eq!(key.secret(), [0xab; 32]);
+        assert_eq!(
+            key.mac(b"x"),
+            RedactionKey::new("other", vec![0xab; 32])
+                .unwrap()
+                .mac(b"x")
+        );
         let named = RedactionKey::load(&format!("k9={}", path.display())).unwrap();
         assert_eq!(named.id(), "k9");
         assert!(!format!("{named:?}").contains("ab"), "{named:?}");

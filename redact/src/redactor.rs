@@ -2,9 +2,7 @@
 
 use audit_format::field::{Field, PeerField};
 use audit_proto::pb;
-use hmac::{Hmac, Mac};
 use prost_types::value::Kind;
-use sha2::Sha256;
 
 use crate::glob;
 use crate::keys::{KeyError, RedactionKey};
@@ -105,13 +103,16 @@ impl Redactor {
 }
 
 fn hash_with(key: &RedactionKey, value: &str) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(key.secret()).expect("HMAC takes keys of any length");
-    mac.update(value.as_bytes());
-    let digest = mac.finalize().into_bytes();
-    let mut out = format!("{}{}:", audit_ledger::REDACTED_PREFIX, key.id());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = key.mac(value.as_bytes());
+    let prefix = audit_ledger::REDACTED_PREFIX;
+    let mut out = String::with_capacity(prefix.len() + key.id().len() + 1 + 64);
+    out.push_str(prefix);
+    out.push_str(key.id());
+    out.push(':');
     for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     out
 }

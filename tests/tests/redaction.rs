@@ -579,3 +579,52 @@ async fn hash_value_is_for_admins_and_recorded_without_the_value() {
     assert_eq!(none.code(), Some(Code::FailedPrecondition), "{none}");
     assert!(none.to_string().contains("--redaction-key-file"), "{none}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_a_postgres_store() {
+    let db = audit_tests::PostgresDatabase::create().await;
+    let keys = tempfile::tempdir().unwrap();
+    let k1 = key_file(keys.path(), "k1", 0x11);
+    let server = TestServer::start_with_args(&[
+        "--store",
+        &db.url,
+        "--redact",
+        "caller.principal",
+        "--redact",
+        "labels.secret_*",
+        "--redact",
+        "details.password",
+        "--redact",
+        "details.*.token",
+        "--redaction-key-file",
+        k1.to_str().unwrap(),
+    ])
+    .await;
+    let client = server.client().await;
+    client.record(secret_entry()).await.expect("record");
+    all_entries(&client).await.iter().for_each(assert_redacted);
+    // Every table, every row, as text (bytea as hex): neither the secret nor its bytes.
+    let hex = |text: &str| -> String { text.bytes().map(|b| format!("{b:02x}")).collect() };
+    let tables = db
+        .query("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+        .await;
+    let mut rows = String::new();
+    for table in tables {
+        let name: String = table.get(0);
+        for row in db.query(&format!("SELECT t::text FROM {name} t")).await {
+            rows.push_str(&row.get::<_, String>(0));
+            rows.push('\n');
+        }
+    }
+    assert!(
+        rows.contains(&hex(VISIBLE)),
+        "the unredacted marker is found"
+    );
+    for secret in [PASSWORD, PRINCIPAL, API_TOKEN, LABEL_SECRET] {
+        assert!(
+            !rows.contains(secret) && !rows.contains(&hex(secret)),
+            "{secret}"
+        );
+    }
+    assert!(server.stop().await.success());
+}

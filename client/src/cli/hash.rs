@@ -22,8 +22,8 @@ pub struct HashArgs {
     value: String,
     /// Id of the redaction key to hash with, for entries redacted before a key rotation; the
     /// server's current key by default.
-    #[arg(long, value_name = "ID", default_value = "")]
-    key_id: String,
+    #[arg(long, value_name = "ID")]
+    key_id: Option<String>,
 }
 
 pub async fn run(client: Client, args: HashArgs) -> anyhow::Result<ExitCode> {
@@ -38,7 +38,7 @@ pub async fn run(client: Client, args: HashArgs) -> anyhow::Result<ExitCode> {
         args.value
     };
     let response = client
-        .hash_value(&value, &args.key_id)
+        .hash_value(&value, args.key_id.as_deref().unwrap_or_default())
         .await
         .context("HashValue failed")?;
     write_line(&mut std::io::stdout().lock(), &response.hash)?;

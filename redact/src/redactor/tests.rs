@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 
+use hmac::{Hmac, Mac};
 use prost_types::{Struct, Value};
+use sha2::Sha256;
 
 use super::*;
 use crate::rules::RedactionRules;
