@@ -125,3 +125,83 @@ pub fn hashed_entry(peer: &Peer, method: &str, key_id: &str) -> AuditEntry {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn limits_with_key(dir: &Path) -> Limits {
+        let path = dir.join("k1.key");
+        std::fs::write(&path, "01".repeat(32)).unwrap();
+        let config = RedactionConfig {
+            redact: vec!["caller.principal".into()],
+            key_files: vec![path.display().to_string()],
+            current_key: None,
+        };
+        Limits {
+            redaction: Arc::new(config.build(&["labels.email".into()]).unwrap()),
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn hash_value_answers_with_the_key_it_used_and_names_bad_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = limits_with_key(dir.path());
+        let request = |value: &str, key_id: &str| HashValueRequest {
+            value: value.into(),
+            key_id: key_id.into(),
+        };
+        let answer = hash_value(&request("alice", ""), &limits).unwrap();
+        assert_eq!(answer.key_id, "k1");
+        assert_eq!(answer.hash, limits.redaction.hash("alice", None).unwrap());
+        assert_eq!(
+            hash_value(&request("alice", "k1"), &limits).unwrap(),
+            answer
+        );
+        let field = |error: Error| match error {
+            Error::InvalidArgument(violations) => violations[0].field.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(hash_value(&request("", ""), &limits).unwrap_err()),
+            "value"
+        );
+        assert_eq!(
+            field(hash_value(&request("a", "k2"), &limits).unwrap_err()),
+            "key_id"
+        );
+        let long = "x".repeat(limits.max_entry_bytes + 1);
+        assert_eq!(
+            field(hash_value(&request(&long, ""), &limits).unwrap_err()),
+            "value"
+        );
+        let keyless = hash_value(&request("alice", ""), &Limits::default()).unwrap_err();
+        assert!(matches!(keyless, Error::NotConfigured(_)), "{keyless:?}");
+    }
+
+    #[test]
+    fn rules_of_the_file_and_the_flags_both_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = limits_with_key(dir.path());
+        let mut entry = AuditEntry {
+            caller: Some(pb::Caller {
+                principal: "alice".into(),
+                ..Default::default()
+            }),
+            labels: [
+                ("email".to_string(), "a@example.com".to_string()),
+                ("region".to_string(), "eu".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        limits.redaction.redact(&mut entry);
+        let hash = |v: &str| limits.redaction.hash(v, None).unwrap();
+        assert_eq!(entry.caller.unwrap().principal, hash("alice"));
+        assert_eq!(entry.labels["email"], hash("a@example.com"));
+        assert_eq!(entry.labels["region"], "eu");
+    }
+}
