@@ -237,6 +237,21 @@ impl Client {
             .into_inner())
     }
 
+    /// The hash that redaction stores for `value` (`hmac-sha256:KEYID:HEX`), under the key
+    /// `key_id` (empty: the current key), to search for a known value. Needs the `admin`
+    /// permission; the server records who asked, never the value.
+    pub async fn hash_value(
+        &self,
+        value: &str,
+        key_id: &str,
+    ) -> Result<pb::HashValueResponse, Error> {
+        let request = pb::HashValueRequest {
+            value: value.to_string(),
+            key_id: key_id.to_string(),
+        };
+        Ok(self.audit.clone().hash_value(request).await?.into_inner())
+    }
+
     /// The health of `service` (`""` for the whole server, [`audit_proto::SERVICE_NAME`] for the
     /// audit service), as reported by `grpc.health.v1.Health/Check`. A service the server does
     /// not know is [`ServingStatus::ServiceUnknown`].

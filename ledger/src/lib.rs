@@ -7,7 +7,8 @@
 //!   proofs and their verification.
 //! - [`Checkpoint`]: log name, size, Merkle root, chain head and time, signed with Ed25519 as a
 //!   C2SP signed note by a [`SigningKey`] and opened with its [`PublicKey`].
-//! - [`retry_digest`]: the digest the store keeps to recognise a retried entry.
+//! - [`retry_digest`]: the digest the store keeps to recognise a retried entry, blind to
+//!   redacted values ([`is_redacted`]).
 //! - `sqlite` (feature `sqlite`): the store's SQLite schema, in one place, and the checks that
 //!   a database holds exactly that schema with intact indexes.
 //!
@@ -33,6 +34,7 @@ mod checkpoint;
 mod digest;
 mod encoding;
 pub mod merkle;
+mod redacted;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -42,6 +44,7 @@ pub use encoding::{
     CHAIN_START, CHAIN_TAG, ENCODING_VERSION, ENTRY_TAG, Hash, chain_hash, encode_entry,
     entry_hash, entry_hash_at,
 };
+pub use redacted::{MAX_KEY_ID_LEN, REDACTED_PREFIX, is_key_id, is_redacted, mask_redacted};
 
 /// Why a key, a note or a proof was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

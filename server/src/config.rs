@@ -102,6 +102,10 @@ pub struct Config {
     #[command(flatten)]
     pub retention: crate::retention::Retention,
 
+    /// Redaction of secrets before entries are stored.
+    #[command(flatten)]
+    pub redaction: crate::redaction::RedactionConfig,
+
     /// How connections are accepted, kept and closed.
     #[command(flatten)]
     pub connections: ConnectionLimits,
@@ -293,6 +297,11 @@ impl Default for ConnectionLimits {
 /// flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
+    /// What validation redacts in every entry before it is hashed and stored: built at start
+    /// from [`Config::redaction`]; nothing by default.
+    #[arg(skip)]
+    pub redaction: std::sync::Arc<audit_redact::Redactor>,
+
     /// Largest encoded entry accepted, in bytes; larger entries get INVALID_ARGUMENT.
     #[arg(long, env = "AUDIT_MAX_ENTRY_BYTES", default_value_t = 64 * 1024)]
     pub max_entry_bytes: usize,

@@ -1,4 +1,5 @@
-//! The configuration file given with `--config` (TOML): `[[forward]]` tables.
+//! The configuration file given with `--config` (TOML): `[[forward]]` tables, and `redact`, the
+//! fields to redact (`redact = ["details.password", "labels.secret_*"]`).
 //!
 //! ```toml
 //! [[forward]]
@@ -27,6 +28,9 @@ use crate::forward::ForwardSpec;
 struct ConfigFile {
     #[serde(default)]
     forward: Vec<toml::Table>,
+    /// Fields to redact (see [`crate::redaction`]).
+    #[serde(default)]
+    redact: Vec<String>,
 }
 
 /// A filter as written in the file: enum values by name (`DENIED` or `OUTCOME_DENIED`).
@@ -64,6 +68,14 @@ pub fn load(path: &Path) -> Result<Vec<ForwardSpec>, Error> {
     let fail = |what: String| Error::Config(format!("{}: {what}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
     parse(&text).map_err(fail)
+}
+
+/// The `redact` list of the configuration file at `path`: the fields to redact.
+pub fn load_redact(path: &Path) -> Result<Vec<String>, Error> {
+    let fail = |what: String| Error::Config(format!("{}: {what}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    Ok(file.redact)
 }
 
 fn parse(text: &str) -> Result<Vec<ForwardSpec>, String> {

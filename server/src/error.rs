@@ -69,6 +69,10 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
 
+    /// The call needs something the server is not configured with (a redaction key).
+    #[error("{0}")]
+    NotConfigured(String),
+
     /// An unexpected internal failure; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -169,6 +173,7 @@ impl From<Error> for Status {
                 tracing::error!(%cause, "configuration error");
                 Status::internal("internal error")
             }
+            Error::NotConfigured(message) => Status::failed_precondition(message),
             Error::Internal(ref cause) => {
                 tracing::error!(%cause, "internal error");
                 Status::internal("internal error")

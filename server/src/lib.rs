@@ -20,6 +20,7 @@ pub mod metrics;
 mod page_token;
 pub mod policy;
 pub mod retention;
+pub mod redaction;
 pub mod serve;
 pub mod service;
 pub mod store;
@@ -79,7 +80,10 @@ impl AuditServer {
         let web = web::WebListener::bind(&config.web)?;
         let metrics_listener = metrics::MetricsListener::bind(config.metrics_listen)?;
         let access = Arc::new(Access::new(policy, denials));
-        let limits = Arc::new(config.limits);
+        let file_rules = redaction::file_rules(config.config.as_deref())?;
+        let mut limits = config.limits;
+        limits.redaction = Arc::new(config.redaction.build(&file_rules)?);
+        let limits = Arc::new(limits);
         let log = store::engine::Options {
             max_pending_bytes: limits.max_pending_bytes,
             max_group_entries: limits.max_group_entries,

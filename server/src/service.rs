@@ -25,6 +25,7 @@ use crate::guard::RefusalRecorder;
 use crate::hub::{Hub, SubscriptionStream};
 use crate::page_token;
 use crate::policy::Permission;
+use crate::redaction;
 use crate::store::{Direction, Read, Store};
 use crate::validate::{self, Context, timestamp_nanos};
 
@@ -319,9 +320,16 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
         &self,
         request: Request<HashValueRequest>,
     ) -> Result<Response<HashValueResponse>, Status> {
-        self.authorize(&request, HASH_VALUE, Permission::Admin)
+        let peer = self
+            .authorize(&request, HASH_VALUE, Permission::Admin)
             .await?;
-        Err(Status::unimplemented("HashValue is not implemented yet"))
+        let response = redaction::hash_value(request.get_ref(), &self.limits)?;
+        // Audited before it is answered, like any admin act: no record, no hash.
+        let entry = redaction::hashed_entry(&peer, HASH_VALUE, &response.key_id);
+        let mut new = validate::own_entry(entry, &Self::context(&peer), &self.limits);
+        new.entry.request_id = Uuid::now_v7().hyphenated().to_string();
+        self.store.append(vec![new]).await?;
+        Ok(Response::new(response))
     }
 }
 

@@ -168,6 +168,8 @@ pub fn entry(
     if !v.violations.is_empty() {
         return Err(v.violations);
     }
+    // Before the retry digest and the entry hash: neither may ever see a secret.
+    limits.redaction.redact(&mut entry);
     Ok(finish(entry, id, path, context))
 }
 
@@ -216,6 +218,7 @@ pub fn own_entry(mut entry: AuditEntry, context: &Context, limits: &Limits) -> N
             (key, value)
         })
         .collect();
+    limits.redaction.redact(&mut entry);
     finish(entry, None, "entry", context)
 }
 

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch of `audit`.
 
 mod filter;
+mod hash;
 mod health;
 mod output;
 mod query;
@@ -105,6 +106,7 @@ enum Command {
     Query(query::QueryArgs),
     Record(record::RecordArgs),
     Health(health::HealthArgs),
+    Hash(hash::HashArgs),
     Verify(verify::VerifyArgs),
     Checkpoint(verify::CheckpointArgs),
     Key(verify::KeyArgs),
@@ -169,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query::run(connect().await?, args, color).await,
         Command::Record(args) => record::run(connect().await?, args).await,
         Command::Health(args) => health::run(connect().await?, args).await,
+        Command::Hash(args) => hash::run(connect().await?, args).await,
         Command::Verify(args) => verify::run(connect, args).await,
         Command::Checkpoint(args) => verify::checkpoint(connect().await?, args).await,
         Command::Key(args) => verify::key(connect, args).await,

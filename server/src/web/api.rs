@@ -381,6 +381,7 @@ impl From<Error> for ApiError {
             }
             Error::IdConflict { .. } => StatusCode::CONFLICT,
             Error::Pruned { .. } => StatusCode::GONE,
+            Error::NotConfigured(_) => StatusCode::PRECONDITION_FAILED,
             Error::Config(_) | Error::Internal(_) => {
                 tracing::error!(%error, "web console request failed");
                 return Self::status(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
