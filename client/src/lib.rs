@@ -39,6 +39,10 @@ pub use builder::EntryBuilder;
 pub use client::{Client, ServingStatus};
 pub use code::{code_name, parse_code};
 pub use error::Error;
-pub use layer::{AuditHandle, AuditLayer, FailureMode, Recorder, RecorderConfig, RecorderStats};
+pub use audit_format::{Pattern, PatternError};
+pub use layer::{
+    AuditHandle, AuditLayer, CapturePolicy, CapturePolicyError, FailureMode, Level, Recorder,
+    RecorderConfig, RecorderStats, Redact, Rule,
+};
 pub use query::{EntryStream, QueryOptions};
 pub use subscribe::{RetryPolicy, Start, Subscription};
