@@ -38,21 +38,21 @@ pub enum PatternError {
 impl Pattern {
     /// Parses `text`: exact, or a prefix when it ends with `*`.
     pub fn parse(text: &str) -> Result<Self, PatternError> {
-        if text.is_empty() {
-            return Err(PatternError::Empty);
-        }
-        let (literal, prefix) = match text.strip_suffix('*') {
-            Some(prefix) => (prefix, true),
-            None => (text, false),
-        };
-        if literal.contains('*') {
-            return Err(PatternError::InnerStar {
-                pattern: text.to_string(),
-            });
-        }
+        let (literal, prefix) = split(text)?;
         Ok(Pattern {
             literal: literal.to_string(),
             prefix,
+        })
+    }
+
+    /// Whether `value` matches the pattern written `text`, without building a [`Pattern`]
+    /// (for filters evaluated once per entry).
+    pub fn test(text: &str, value: &str) -> Result<bool, PatternError> {
+        let (literal, prefix) = split(text)?;
+        Ok(if prefix {
+            value.starts_with(literal)
+        } else {
+            value == literal
         })
     }
 
@@ -95,6 +95,23 @@ impl Pattern {
         }
         like
     }
+}
+
+/// The literal part of `text` and whether it is a prefix.
+fn split(text: &str) -> Result<(&str, bool), PatternError> {
+    if text.is_empty() {
+        return Err(PatternError::Empty);
+    }
+    let (literal, prefix) = match text.strip_suffix('*') {
+        Some(prefix) => (prefix, true),
+        None => (text, false),
+    };
+    if literal.contains('*') {
+        return Err(PatternError::InnerStar {
+            pattern: text.to_string(),
+        });
+    }
+    Ok((literal, prefix))
 }
 
 impl fmt::Display for Pattern {
@@ -195,6 +212,7 @@ mod tests {
             prop_assume!(!text.is_empty());
             let pattern = Pattern::parse(&text).unwrap();
             prop_assert_eq!(pattern.matches(&value), like_matches(&pattern.to_sql_like(), &value));
+            prop_assert_eq!(Pattern::test(&text, &value), Ok(pattern.matches(&value)));
             // A value built from the literal always matches its own pattern.
             let own = format!("{literal}{}", if prefix { "tail" } else { "" });
             prop_assert!(pattern.matches(&own));
