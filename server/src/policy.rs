@@ -281,7 +281,9 @@ pub fn is_token_name(name: &str) -> bool {
 impl Identity {
     fn matches(&self, peer: &Peer) -> bool {
         match self {
-            Identity::Spiffe(pattern) => peer.spiffe_id().is_some_and(|p| pattern.matches(p.as_str())),
+            Identity::Spiffe(pattern) => peer
+                .spiffe_id()
+                .is_some_and(|p| pattern.matches(p.as_str())),
             Identity::Uid(uid) => matches!(peer, Peer::Unix(unix) if unix.uid == *uid),
             Identity::Gid(gid) => matches!(peer, Peer::Unix(unix) if unix.gid == *gid),
             Identity::Authenticated => peer.is_authenticated(),

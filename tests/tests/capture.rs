@@ -145,7 +145,14 @@ async fn each_level_records_what_its_rule_says_and_the_first_match_wins() {
     // The delete (level none) recorded nothing; the batch recorded its call and two operations.
     assert_eq!(
         methods,
-        [CREATE, CREATE, LIST, BATCH_DELETE, BATCH_DELETE, BATCH_DELETE]
+        [
+            CREATE,
+            CREATE,
+            LIST,
+            BATCH_DELETE,
+            BATCH_DELETE,
+            BATCH_DELETE
+        ]
     );
     assert_eq!(recorder.stats().recorded, 6);
 
@@ -256,7 +263,10 @@ async fn messages_over_the_limit_are_a_marker_and_unknown_methods_are_base64() {
     flush(&recorder).await;
 
     let entries = entries(&audit).await;
-    let captured: Vec<Value> = entries.iter().map(|e| details(e)["request"].clone()).collect();
+    let captured: Vec<Value> = entries
+        .iter()
+        .map(|e| details(e)["request"].clone())
+        .collect();
     assert_eq!(
         captured,
         [
@@ -288,7 +298,10 @@ async fn a_fail_closed_rule_refuses_while_a_fail_open_rule_serves() {
         .capture_policy(policy);
     let host = Host::start(layer).await;
     let mut keystore = host.keystore().await;
-    keystore.create_key(create("before", "alice")).await.unwrap();
+    keystore
+        .create_key(create("before", "alice"))
+        .await
+        .unwrap();
     flush(&recorder).await;
 
     assert!(audit_server.stop().await.success());
@@ -328,7 +341,8 @@ async fn the_redaction_hook_sees_every_entry_before_it_is_queued() {
     let audit_server = TestServer::start().await;
     let audit = audit_server.client().await;
     let recorder = recorder(&audit);
-    let policy = CapturePolicy::new().rule(Rule::new(Level::Request).method(pattern("/keystore.v1.KeyStore/*")));
+    let policy = CapturePolicy::new()
+        .rule(Rule::new(Level::Request).method(pattern("/keystore.v1.KeyStore/*")));
     let layer = audit_layer(recorder.clone())
         .capture_policy(policy)
         .descriptors(descriptors())
@@ -343,7 +357,10 @@ async fn the_redaction_hook_sees_every_entry_before_it_is_queued() {
         });
     let host = Host::start(layer).await;
     let mut keystore = host.keystore().await;
-    keystore.create_key(create("secret", "alice")).await.unwrap();
+    keystore
+        .create_key(create("secret", "alice"))
+        .await
+        .unwrap();
     let batch = ks::BatchDeleteKeysRequest {
         names: vec!["secret".into()],
     };
@@ -355,7 +372,11 @@ async fn the_redaction_hook_sees_every_entry_before_it_is_queued() {
 
     let entries = entries(&audit).await;
     assert_eq!(entries.len(), 3);
-    assert!(entries.iter().all(|e| e.labels.get("redacted").map(String::as_str) == Some("yes")));
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.labels.get("redacted").map(String::as_str) == Some("yes"))
+    );
     // The call entries had their captured request replaced; the operation had none.
     let redacted: Vec<Value> = entries.iter().map(details).collect();
     assert_eq!(

@@ -141,12 +141,7 @@ fn acknowledgement(
     if !recorder.enqueue(request_id, entries, Some(ack)) {
         return Box::pin(std::future::ready(false));
     }
-    Box::pin(async move {
-        matches!(
-            tokio::time::timeout(deadline, stored).await,
-            Ok(Ok(true))
-        )
-    })
+    Box::pin(async move { matches!(tokio::time::timeout(deadline, stored).await, Ok(Ok(true))) })
 }
 
 impl Drop for CallRecord {

@@ -93,10 +93,9 @@ impl Capture {
             details.fields.insert(name.to_string(), value);
         }
         if frames.messages != 1 {
-            details.fields.insert(
-                format!("{name}_messages"),
-                number(frames.messages as f64),
-            );
+            details
+                .fields
+                .insert(format!("{name}_messages"), number(frames.messages as f64));
         }
     }
 
@@ -185,8 +184,12 @@ impl Frames {
 
     fn start_message(&mut self, limit: usize) {
         let compressed = self.header[0] != 0;
-        let size = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]])
-            as usize;
+        let size = u32::from_be_bytes([
+            self.header[1],
+            self.header[2],
+            self.header[3],
+            self.header[4],
+        ]) as usize;
         self.remaining = size;
         if matches!(self.first, First::None) {
             // A message whose encoding is over the limit cannot become JSON under it.
@@ -221,7 +224,11 @@ impl Frames {
 }
 
 impl First {
-    fn render(&self, descriptor: Option<&MessageDescriptor>, limit: usize) -> Option<prost_types::Value> {
+    fn render(
+        &self,
+        descriptor: Option<&MessageDescriptor>,
+        limit: usize,
+    ) -> Option<prost_types::Value> {
         let First::Complete {
             compressed,
             size,
@@ -429,7 +436,10 @@ mod tests {
         // Within the limit as bytes, over it as base64.
         let capture = Capture::new(5, false, None);
         capture.feed(Side::Request, &frame(b"hello"));
-        assert_eq!(details(&capture, Side::Request)["request"]["truncated"], true);
+        assert_eq!(
+            details(&capture, Side::Request)["request"]["truncated"],
+            true
+        );
     }
 
     #[test]

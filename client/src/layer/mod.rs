@@ -34,8 +34,11 @@
 //! [`Level::Metadata`] under the layer's [`FailureMode`]): ordered [`Rule`]s by method, caller
 //! and status, first match wins. At [`Level::Request`] and [`Level::RequestResponse`] the
 //! messages become JSON in `details.request` and `details.response`, decoded with the
-//! descriptors given to [`AuditLayer::descriptors`] (see the `capture` rules in the
-//! [policy docs](policy) for limits, streams and unknown methods). Before the call runs only
+//! descriptors given to [`AuditLayer::descriptors`] (base64 with its size when no descriptor
+//! knows the method). Each is limited to [`CapturePolicy::max_message_bytes`]: a larger one is
+//! recorded as `{"truncated": true, "message_bytes": N, "limit": L}`, never as cut JSON. For
+//! streams, the first message of each direction is captured, and `details.request_messages` /
+//! `details.response_messages` count them when there were not exactly one. Before the call runs only
 //! its method and caller are known: it is refused while the trail is down when any rule that
 //! may still decide it is fail-closed, and its messages are captured when any may record them;
 //! the rule that decides is the first whose status condition also holds. Exclusions
@@ -192,8 +195,8 @@ impl AuditLayer {
     /// If `pattern` has a `*` before its end (or is empty); use [`AuditLayer::exclude_pattern`]
     /// with a parsed [`Pattern`] for patterns that are not written in the code.
     pub fn exclude(self, pattern: &str) -> Self {
-        let pattern = Pattern::parse(pattern)
-            .unwrap_or_else(|error| panic!("AuditLayer::exclude: {error}"));
+        let pattern =
+            Pattern::parse(pattern).unwrap_or_else(|error| panic!("AuditLayer::exclude: {error}"));
         self.exclude_pattern(pattern)
     }
 
@@ -358,7 +361,10 @@ where
             Capture::new(
                 layer.policy.message_limit(),
                 max_level == Level::RequestResponse,
-                layer.descriptors.as_ref().and_then(|pool| messages_of(pool, &method)),
+                layer
+                    .descriptors
+                    .as_ref()
+                    .and_then(|pool| messages_of(pool, &method)),
             )
         });
         let template = pb::AuditEntry {
@@ -403,7 +409,10 @@ impl<S> Audit<S> {
 fn messages_of(
     pool: &DescriptorPool,
     method: &str,
-) -> Option<(prost_reflect::MessageDescriptor, prost_reflect::MessageDescriptor)> {
+) -> Option<(
+    prost_reflect::MessageDescriptor,
+    prost_reflect::MessageDescriptor,
+)> {
     let (service, name) = method.strip_prefix('/')?.split_once('/')?;
     let method = pool
         .get_service_by_name(service)?

@@ -421,15 +421,24 @@ mod tests {
         let closed = FailureMode::Closed {
             deadline: Duration::from_millis(500),
         };
-        assert_eq!(policy.decide(&admin, Some(0), OPEN), (Level::RequestResponse, closed));
-        assert_eq!(policy.decide(&admin, Some(5), OPEN), (Level::Metadata, OPEN));
+        assert_eq!(
+            policy.decide(&admin, Some(0), OPEN),
+            (Level::RequestResponse, closed)
+        );
+        assert_eq!(
+            policy.decide(&admin, Some(5), OPEN),
+            (Level::Metadata, OPEN)
+        );
         let user = policy.plan(&call("/a.S/Get", "bob"));
         assert_eq!(policy.decide(&user, Some(0), OPEN), (Level::Request, OPEN));
         let other = policy.plan(&call("/b.S/Get", "admin-1"));
         assert!(other.is_empty());
         assert_eq!(policy.decide(&other, Some(0), OPEN), (Level::None, OPEN));
         let outcomes: Vec<_> = policy.outcomes(&admin, OPEN).collect();
-        assert_eq!(outcomes, [(Level::Metadata, OPEN), (Level::RequestResponse, closed)]);
+        assert_eq!(
+            outcomes,
+            [(Level::Metadata, OPEN), (Level::RequestResponse, closed)]
+        );
         let outcomes: Vec<_> = policy.outcomes(&other, OPEN).collect();
         assert_eq!(outcomes, [(Level::None, OPEN)]);
     }
@@ -440,19 +449,30 @@ mod tests {
             .rule(Rule::new(Level::None).spiffe_id("spiffe://prod/batch/*".parse().unwrap()))
             .rule(Rule::new(Level::Request).uid(0));
         let mut facts = call("/a.S/Get", "");
-        assert_eq!(policy.decide(&policy.plan(&facts), None, OPEN).0, Level::Metadata);
+        assert_eq!(
+            policy.decide(&policy.plan(&facts), None, OPEN).0,
+            Level::Metadata
+        );
         facts.spiffe_id = Some("spiffe://prod/batch/nightly");
-        assert_eq!(policy.decide(&policy.plan(&facts), None, OPEN).0, Level::None);
+        assert_eq!(
+            policy.decide(&policy.plan(&facts), None, OPEN).0,
+            Level::None
+        );
         facts.spiffe_id = None;
         facts.uid = Some(0);
-        assert_eq!(policy.decide(&policy.plan(&facts), None, OPEN).0, Level::Request);
+        assert_eq!(
+            policy.decide(&policy.plan(&facts), None, OPEN).0,
+            Level::Request
+        );
     }
 
     #[test]
     fn bad_files_name_the_rule_and_field() {
         let error = |text: &str| CapturePolicy::from_toml(text).unwrap_err().to_string();
         assert_eq!(
-            error("[[rule]]\nlevel = \"none\"\n[[rule]]\nmethods = [\"/a.*/B\"]\nlevel = \"none\"\n"),
+            error(
+                "[[rule]]\nlevel = \"none\"\n[[rule]]\nmethods = [\"/a.*/B\"]\nlevel = \"none\"\n"
+            ),
             "capture policy: rule 1: methods: `/a.*/B`: `*` is only allowed as the last character (a prefix match)"
         );
         assert_eq!(
@@ -460,9 +480,13 @@ mod tests {
             "capture policy: rule 0: codes: `NOPE` is not a gRPC status code"
         );
         assert!(error("[[rule]]\nlevel = \"everything\"\n").contains("unknown variant"));
-        assert!(error("[[rule]]\nlevel = \"none\"\nfailure = \"closed\"\n").contains("deadline_ms"));
+        assert!(
+            error("[[rule]]\nlevel = \"none\"\nfailure = \"closed\"\n").contains("deadline_ms")
+        );
         assert!(error("[[rule]]\nlevel = \"none\"\nmethod = [\"/a\"]\n").contains("unknown field"));
-        assert!(error("[[rule]]\nmethods = [\"\"]\nlevel = \"none\"\n").contains("cannot be empty"));
+        assert!(
+            error("[[rule]]\nmethods = [\"\"]\nlevel = \"none\"\n").contains("cannot be empty")
+        );
     }
 
     #[test]

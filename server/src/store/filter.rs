@@ -328,13 +328,19 @@ mod tests {
             let sql = format!("SELECT i FROM entries WHERE {} ORDER BY i", c.sql);
             let mut statement = db.prepare(&sql).unwrap();
             statement
-                .query_map(rusqlite::params_from_iter(params), |row| row.get::<_, i64>(0))
+                .query_map(rusqlite::params_from_iter(params), |row| {
+                    row.get::<_, i64>(0)
+                })
                 .unwrap()
                 .map(|i| i.unwrap() as usize)
                 .collect()
         }
 
-        fn postgres(client: &mut ::postgres::Client, filter: &Filter, rows: &[String]) -> Vec<usize> {
+        fn postgres(
+            client: &mut ::postgres::Client,
+            filter: &Filter,
+            rows: &[String],
+        ) -> Vec<usize> {
             let mut tx = client.transaction().unwrap();
             tx.batch_execute(
                 "CREATE TEMP TABLE entries (i integer, resource text COLLATE \"C\" NOT NULL) \
@@ -342,18 +348,20 @@ mod tests {
             )
             .unwrap();
             for (i, resource) in rows.iter().enumerate() {
-                tx.execute("INSERT INTO entries VALUES ($1, $2)", &[&(i as i32), resource])
-                    .unwrap();
+                tx.execute(
+                    "INSERT INTO entries VALUES ($1, $2)",
+                    &[&(i as i32), resource],
+                )
+                .unwrap();
             }
             let c = condition(filter, Dialect::Postgres);
             let mut sql = String::new();
-            let mut n = 0;
-            for part in format!("SELECT i FROM entries WHERE {} ORDER BY i", c.sql).split('?') {
+            let query = format!("SELECT i FROM entries WHERE {} ORDER BY i", c.sql);
+            for (n, part) in query.split('?').enumerate() {
                 if n > 0 {
                     sql.push_str(&format!("${n}"));
                 }
                 sql.push_str(part);
-                n += 1;
             }
             let params: Vec<Box<dyn ::postgres::types::ToSql + Sync>> = c
                 .params
@@ -368,7 +376,9 @@ mod tests {
             let refs: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
                 params.iter().map(|p| p.as_ref()).collect();
             let rows = tx.query(&sql, &refs).unwrap();
-            rows.iter().map(|row| row.get::<_, i32>(0) as usize).collect()
+            rows.iter()
+                .map(|row| row.get::<_, i32>(0) as usize)
+                .collect()
         }
 
         fn filter(pattern: String) -> Filter {
