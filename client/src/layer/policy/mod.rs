@@ -28,10 +28,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use audit_format::{Pattern, PatternError};
+use audit_format::Pattern;
 use serde::Deserialize;
 
 use super::FailureMode;
+
+mod file;
 
 /// How much of a call is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -229,7 +231,7 @@ impl CapturePolicy {
 
     /// Parses a TOML policy (see the [module docs](self)).
     pub fn from_toml(text: &str) -> Result<Self, CapturePolicyError> {
-        let file: PolicyFile =
+        let file: file::PolicyFile =
             toml::from_str(text).map_err(|e| CapturePolicyError::Syntax(e.to_string()))?;
         let mut policy = CapturePolicy::new();
         if let Some(level) = file.default_level {
@@ -288,95 +290,6 @@ impl CapturePolicy {
         rules
             .map(move |rule| (rule.level, rule.failure.unwrap_or(default)))
             .chain((!decided).then_some((self.default_level, default)))
-    }
-}
-
-// === the file ===
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyFile {
-    default_level: Option<Level>,
-    max_message_bytes: Option<usize>,
-    #[serde(default)]
-    rule: Vec<RuleFile>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleFile {
-    #[serde(default)]
-    methods: Vec<String>,
-    #[serde(default)]
-    principals: Vec<String>,
-    #[serde(default)]
-    spiffe_ids: Vec<String>,
-    #[serde(default)]
-    uids: Vec<u32>,
-    #[serde(default)]
-    codes: Vec<String>,
-    level: Level,
-    failure: Option<Failure>,
-    deadline_ms: Option<u64>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum Failure {
-    Open,
-    Closed,
-}
-
-impl RuleFile {
-    fn build(self, rule: usize) -> Result<Rule, CapturePolicyError> {
-        let fail = |field, reason: String| CapturePolicyError::Rule {
-            rule,
-            field,
-            reason,
-        };
-        let patterns = |field, texts: Vec<String>| {
-            texts
-                .iter()
-                .map(|text| Pattern::parse(text))
-                .collect::<Result<Vec<_>, PatternError>>()
-                .map_err(|e| fail(field, e.to_string()))
-        };
-        let codes = self
-            .codes
-            .iter()
-            .map(|text| {
-                crate::code::parse_code(text)
-                    .ok_or_else(|| fail("codes", format!("`{text}` is not a gRPC status code")))
-            })
-            .collect::<Result<_, _>>()?;
-        let failure = match (self.failure, self.deadline_ms) {
-            (None, None) => None,
-            (Some(Failure::Open), None) => Some(FailureMode::Open),
-            (Some(Failure::Closed), Some(ms)) if ms > 0 => Some(FailureMode::Closed {
-                deadline: Duration::from_millis(ms),
-            }),
-            (Some(Failure::Closed), _) => {
-                return Err(fail(
-                    "deadline_ms",
-                    "`failure = \"closed\"` needs a deadline_ms above 0".into(),
-                ));
-            }
-            (_, Some(_)) => {
-                return Err(fail(
-                    "deadline_ms",
-                    "only meaningful with `failure = \"closed\"`".into(),
-                ));
-            }
-        };
-        Ok(Rule {
-            methods: patterns("methods", self.methods)?,
-            principals: patterns("principals", self.principals)?,
-            spiffe_ids: patterns("spiffe_ids", self.spiffe_ids)?,
-            uids: self.uids,
-            codes,
-            level: self.level,
-            failure,
-        })
     }
 }
 
