@@ -34,11 +34,15 @@ pub mod render;
 mod subscribe;
 pub mod verify;
 
+pub use audit_format::{Pattern, PatternError};
 pub use audit_proto::{SERVICE_NAME, pb};
 pub use builder::EntryBuilder;
 pub use client::{Client, ServingStatus};
 pub use code::{code_name, parse_code};
 pub use error::Error;
-pub use layer::{AuditHandle, AuditLayer, FailureMode, Recorder, RecorderConfig, RecorderStats};
+pub use layer::{
+    AuditHandle, AuditLayer, CapturePolicy, CapturePolicyError, FailureMode, Level, Recorder,
+    RecorderConfig, RecorderStats, Redact, Rule,
+};
 pub use query::{EntryStream, QueryOptions};
 pub use subscribe::{RetryPolicy, Start, Subscription};

@@ -12,12 +12,14 @@ pub mod escape;
 pub mod field;
 pub mod json;
 pub mod json_layouts;
+pub mod pattern;
 pub mod syslog;
 pub mod template;
 pub mod timefmt;
 
 use audit_proto::pb;
 
+pub use pattern::{Pattern, PatternError};
 pub use template::{Template, TemplateError, TemplateOptions};
 
 /// A compiled output format.

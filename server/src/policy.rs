@@ -11,7 +11,8 @@
 //! allow = ["read"]
 //! ```
 //!
-//! Identities: `spiffe://…` exactly, `spiffe://…/*` for every ID below a path, `uid:N` and
+//! Identities: `spiffe://…` exactly, `spiffe://…/*` for every ID below a path (a
+//! [`Pattern`] whose `*` follows a `/`), `uid:N` and
 //! `gid:N` for Unix socket callers, `authenticated` for any caller with a verified identity (Unix
 //! socket or client certificate), `loopback` for plaintext callers on a loopback address, and
 //! `anyone`.
@@ -22,6 +23,7 @@
 
 use std::path::Path;
 
+use audit_format::Pattern;
 use audit_identity::{Peer, SpiffeId};
 use serde::Deserialize;
 
@@ -78,9 +80,8 @@ struct Grant {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Identity {
-    Spiffe(String),
-    /// Every SPIFFE ID starting with this (which ends with `/`).
-    SpiffeBelow(String),
+    /// One SPIFFE ID, or (a prefix ending in `/*`) every ID below a path.
+    Spiffe(Pattern),
     Uid(u32),
     Gid(u32),
     Authenticated,
@@ -246,16 +247,20 @@ fn parse_identity(text: &str) -> Result<Identity, String> {
             name if is_token_name(name) => Ok(Identity::Token(name.to_string())),
             _ => Err("a token name is letters, digits, `-`, `_` and `.`".into()),
         },
-        _ if text.starts_with("spiffe://") => match text.strip_suffix("/*") {
-            Some(base) => {
+        _ if text.starts_with("spiffe://") => {
+            let pattern = Pattern::parse(text).map_err(|e| e.to_string())?;
+            if pattern.is_prefix() {
+                // A prefix is a subtree: `spiffe://prod/bill*` would also grant `billing-x`.
+                let base = pattern
+                    .literal()
+                    .strip_suffix('/')
+                    .ok_or("a SPIFFE ID pattern ends in `/*` (every ID below a path)")?;
                 SpiffeId::parse(base).map_err(|e| e.to_string())?;
-                Ok(Identity::SpiffeBelow(format!("{base}/")))
-            }
-            None => {
+            } else {
                 SpiffeId::parse(text).map_err(|e| e.to_string())?;
-                Ok(Identity::Spiffe(text.to_string()))
             }
-        },
+            Ok(Identity::Spiffe(pattern))
+        }
         _ => Err(
             "expected spiffe://…, spiffe://…/*, uid:N, gid:N, token:NAME, authenticated, \
              loopback or anyone"
@@ -276,10 +281,9 @@ pub fn is_token_name(name: &str) -> bool {
 impl Identity {
     fn matches(&self, peer: &Peer) -> bool {
         match self {
-            Identity::Spiffe(id) => peer.spiffe_id().is_some_and(|p| p.as_str() == id),
-            Identity::SpiffeBelow(base) => peer
+            Identity::Spiffe(pattern) => peer
                 .spiffe_id()
-                .is_some_and(|p| p.as_str().starts_with(base)),
+                .is_some_and(|p| pattern.matches(p.as_str())),
             Identity::Uid(uid) => matches!(peer, Peer::Unix(unix) if unix.uid == *uid),
             Identity::Gid(gid) => matches!(peer, Peer::Unix(unix) if unix.gid == *gid),
             Identity::Authenticated => peer.is_authenticated(),
@@ -457,6 +461,12 @@ allow = ["admin"]
         );
         let bad = "[[grant]]\nto = [\"anyone\"]\nallow = [\"write\"]\n";
         assert!(Policy::parse(bad, false).is_err());
+        let bad = "[[grant]]\nto = [\"spiffe://prod/*/api\"]\nallow = [\"record\"]\n";
+        let why = Policy::parse(bad, false).unwrap_err();
+        assert!(why.contains("only allowed as the last character"), "{why}");
+        let bad = "[[grant]]\nto = [\"spiffe://prod/bill*\"]\nallow = [\"record\"]\n";
+        let why = Policy::parse(bad, false).unwrap_err();
+        assert!(why.contains("ends in `/*`"), "{why}");
     }
 
     #[test]

@@ -78,6 +78,30 @@ async fn expected_horizon(client: &Client, wanted: u64) -> u64 {
     sizes.filter(|size| *size <= wanted).max().unwrap_or(0)
 }
 
+/// Waits until no entry up to `horizon` keeps its content in the SQLite store of `data_dir`:
+/// pruning raises the horizon first, then moves entries step by step.
+async fn wait_moved(data_dir: &Path, horizon: u64) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let db = Connection::open(data_dir.join("audit.db")).expect("open audit.db");
+        let left: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM entries WHERE sequence <= ?",
+                [horizon as i64],
+                |row| row.get(0),
+            )
+            .expect("count");
+        if left == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} entries left to prune"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn public_key(client: &Client) -> PublicKey {
     let text = client.checkpoint_response(0).await.unwrap().public_key;
     PublicKey::from_text(&text).unwrap()
@@ -142,6 +166,7 @@ async fn pruned_entries_are_gone_and_the_log_still_verifies_online_and_offline()
     let horizon = expected_horizon(&client, 70).await;
     assert!(horizon > 60, "checkpoints every 10 entries: {horizon}");
     let page = wait_pruned(&client, horizon).await;
+    wait_moved(&server.data_dir, horizon).await;
     assert_eq!(page.pruned_through, horizon);
     assert_eq!(page.entries.first().map(|e| e.sequence), Some(horizon + 1));
     assert_eq!(page.entries.len() as u64, 100 - horizon);
@@ -201,6 +226,7 @@ async fn tampering_with_a_pruned_log_is_still_detected() {
     let horizon = expected_horizon(&client, 35).await;
     assert!((20..=35).contains(&horizon), "{horizon}");
     wait_pruned(&client, horizon).await;
+    wait_moved(&server.data_dir, horizon).await;
     let key = public_key(&client).await;
     let temp = server.keep_data_dir().expect("temp dir");
     let dir = server.data_dir.clone();
@@ -381,6 +407,15 @@ async fn replicas_on_postgresql_prune_one_at_a_time_and_the_log_verifies() {
     assert!(horizon > 40, "checkpoints every 10 entries: {horizon}");
     wait_pruned(&ca, horizon).await;
     assert_eq!(wait_pruned(&cb, horizon).await.pruned_through, horizon);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let left = format!("SELECT COUNT(*) FROM entries WHERE sequence <= {horizon}");
+    while db.query(&left).await[0].get::<_, i64>(0) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entries left to prune"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // One replica at a time holds the lease.
     let leases = db
         .query("SELECT owner, lease_until FROM cursors WHERE name = '@retention'")

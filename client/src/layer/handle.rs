@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use audit_proto::pb;
 
+use super::RedactHook;
 use crate::{EntryBuilder, Recorder};
 
 /// The audit trail of one call in progress, put in the request's extensions by
@@ -42,6 +43,7 @@ struct Shared {
     /// entry of this call.
     template: pb::AuditEntry,
     recorder: Recorder,
+    redactor: Option<RedactHook>,
     state: Mutex<State>,
 }
 
@@ -52,15 +54,22 @@ struct State {
     operations: Vec<pb::AuditEntry>,
     /// Set once the call's entry is queued; later operations are queued on their own.
     finished: bool,
+    /// Set when the call's capture rule is `none`: later operations are not recorded either.
+    discarded: bool,
 }
 
 impl AuditHandle {
-    pub(crate) fn new(template: pb::AuditEntry, recorder: Recorder) -> Self {
+    pub(crate) fn new(
+        template: pb::AuditEntry,
+        recorder: Recorder,
+        redactor: Option<RedactHook>,
+    ) -> Self {
         let call = EntryBuilder::from(template.clone());
         AuditHandle {
             shared: Arc::new(Shared {
                 template,
                 recorder,
+                redactor,
                 state: Mutex::new(State {
                     call,
                     ..Default::default()
@@ -115,8 +124,12 @@ impl AuditHandle {
         }
         entry.request_id.clone_from(&template.request_id);
         let mut state = self.state();
+        if state.discarded {
+            return;
+        }
         if state.finished {
             drop(state);
+            self.redact(&mut entry);
             self.shared
                 .recorder
                 .record(template.request_id.clone(), [entry]);
@@ -143,6 +156,18 @@ impl AuditHandle {
             std::mem::take(&mut state.call),
             std::mem::take(&mut state.operations),
         )
+    }
+
+    /// Drops the operations recorded from now on (the call's level is `none`).
+    pub(crate) fn discard(&self) {
+        self.state().discarded = true;
+    }
+
+    /// Applies the layer's redaction hook to `entry`.
+    pub(crate) fn redact(&self, entry: &mut pb::AuditEntry) {
+        if let Some(redactor) = &self.shared.redactor {
+            redactor.0.redact(entry);
+        }
     }
 
     pub(crate) fn recorder(&self) -> &Recorder {

@@ -27,7 +27,29 @@
 //! Handlers add per-operation entries and describe the call through the [`AuditHandle`] in the
 //! request extensions.
 //!
+//! # Capture policy
+//!
+//! What is recorded of each call, and whether it is fail-open or fail-closed, is decided by a
+//! [`CapturePolicy`] ([`AuditLayer::capture_policy`]; by default every call at
+//! [`Level::Metadata`] under the layer's [`FailureMode`]): ordered [`Rule`]s by method, caller
+//! and status, first match wins. At [`Level::Request`] and [`Level::RequestResponse`] the
+//! messages become JSON in `details.request` and `details.response`, decoded with the
+//! descriptors given to [`AuditLayer::descriptors`] (base64 with its size when no descriptor
+//! knows the method). Each is limited to [`CapturePolicy::max_message_bytes`]: a larger one is
+//! recorded as `{"truncated": true, "message_bytes": N, "limit": L}`, never as cut JSON. For
+//! streams, the first message of each direction is captured, and `details.request_messages` /
+//! `details.response_messages` count them when there were not exactly one. Before the call runs only
+//! its method and caller are known: it is refused while the trail is down when any rule that
+//! may still decide it is fail-closed, and its messages are captured when any may record them;
+//! the rule that decides is the first whose status condition also holds. Exclusions
+//! ([`AuditLayer::exclude`]) come before every rule.
+//!
+//! A [`Redact`] hook ([`AuditLayer::redact`]) changes every entry (the call's and its
+//! operations') before it is queued, for example to replace secrets in `details`.
+//!
 //! # Failure modes
+//!
+//! The layer's mode ([`AuditLayer::failure_mode`]) applies to calls whose rule sets none.
 //!
 //! - [`FailureMode::Open`] (the default): the call never waits for the audit trail. Its entry is
 //!   queued and delivered in the background with retries; when the queue is full the entry is
@@ -42,7 +64,9 @@
 //!   taken back, and an entry stored after its deadline still records what the handler did.
 
 mod call;
+mod capture;
 mod handle;
+pub mod policy;
 mod recorder;
 mod response;
 
@@ -51,15 +75,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use audit_format::Pattern;
 use audit_identity::Peer;
 use audit_proto::pb;
 use http::HeaderValue;
+use prost_reflect::DescriptorPool;
 use tower::{Layer, Service};
 
-use call::CallRecord;
+use call::{CallRecord, Plan};
+use capture::Capture;
+use policy::CallFacts;
 use response::REQUEST_ID;
 
+pub use capture::CaptureBody;
 pub use handle::AuditHandle;
+pub use policy::{CapturePolicy, CapturePolicyError, Level, Rule};
 pub use recorder::{Recorder, RecorderConfig, RecorderStats};
 pub use response::{AuditBody, ResponseFuture};
 
@@ -80,13 +110,54 @@ pub enum FailureMode {
 /// Extracts the caller's principal from a request's head.
 type PrincipalFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 
+/// Changes an entry before it is queued: the hook for redaction rules, applied by the layer to
+/// the call's entry and to every operation its handler records. Any
+/// `Fn(&mut pb::AuditEntry) + Send + Sync` is one.
+///
+/// ```
+/// use audit_client::{AuditLayer, Client, Recorder, RecorderConfig};
+///
+/// # async fn example() -> Result<(), audit_client::Error> {
+/// let recorder = Recorder::spawn(Client::connect_lazy("http://127.0.0.1:50051")?, RecorderConfig::new("keystore"));
+/// let layer = AuditLayer::new(recorder).redact(|entry: &mut audit_client::pb::AuditEntry| {
+///     entry.labels.remove("password");
+/// });
+/// # Ok(()) }
+/// ```
+pub trait Redact: Send + Sync + 'static {
+    /// Changes `entry` in place.
+    fn redact(&self, entry: &mut pb::AuditEntry);
+}
+
+impl<F> Redact for F
+where
+    F: Fn(&mut pb::AuditEntry) + Send + Sync + 'static,
+{
+    fn redact(&self, entry: &mut pb::AuditEntry) {
+        self(entry)
+    }
+}
+
+/// A shared [`Redact`] hook.
+#[derive(Clone)]
+pub(crate) struct RedactHook(pub(crate) Arc<dyn Redact>);
+
+impl fmt::Debug for RedactHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RedactHook")
+    }
+}
+
 /// A tower layer that audits every call of a tonic server; see the [module docs](self).
 #[derive(Clone)]
 pub struct AuditLayer {
     recorder: Recorder,
     mode: FailureMode,
-    excluded: Arc<[String]>,
+    excluded: Arc<[Pattern]>,
     principal: Option<Arc<PrincipalFn>>,
+    policy: Arc<CapturePolicy>,
+    descriptors: Option<DescriptorPool>,
+    redactor: Option<RedactHook>,
 }
 
 impl AuditLayer {
@@ -97,27 +168,63 @@ impl AuditLayer {
             mode: FailureMode::Open,
             excluded: Arc::new([]),
             principal: None,
+            policy: Arc::new(CapturePolicy::default()),
+            descriptors: None,
+            redactor: None,
         }
     }
 
-    /// Sets the failure mode (fail-open by default).
+    /// Sets the failure mode of calls whose capture rule sets none (fail-open by default).
     pub fn failure_mode(mut self, mode: FailureMode) -> Self {
         self.mode = mode;
         self
     }
 
-    /// Fail-closed: a call is refused with `UNAVAILABLE` unless its entry is stored within
-    /// `deadline`.
+    /// Fail-closed (for calls whose capture rule sets no mode): a call is refused with
+    /// `UNAVAILABLE` unless its entry is stored within `deadline`.
     pub fn fail_closed(self, deadline: Duration) -> Self {
         self.failure_mode(FailureMode::Closed { deadline })
     }
 
-    /// Does not audit `method`: a full method (`/grpc.health.v1.Health/Check`) or a prefix
-    /// ending in `*` (`/grpc.health.v1.Health/*`).
-    pub fn exclude(mut self, method: impl Into<String>) -> Self {
+    /// Does not audit methods matching `pattern`, a [`Pattern`]: a full method
+    /// (`/grpc.health.v1.Health/Check`) or a prefix ending in `*` (`/grpc.health.v1.Health/*`).
+    /// Checked before the capture policy.
+    ///
+    /// # Panics
+    ///
+    /// If `pattern` has a `*` before its end (or is empty); use [`AuditLayer::exclude_pattern`]
+    /// with a parsed [`Pattern`] for patterns that are not written in the code.
+    pub fn exclude(self, pattern: &str) -> Self {
+        let pattern =
+            Pattern::parse(pattern).unwrap_or_else(|error| panic!("AuditLayer::exclude: {error}"));
+        self.exclude_pattern(pattern)
+    }
+
+    /// Does not audit methods matching `pattern`.
+    pub fn exclude_pattern(mut self, pattern: Pattern) -> Self {
         let mut excluded = self.excluded.to_vec();
-        excluded.push(method.into());
+        excluded.push(pattern);
         self.excluded = excluded.into();
+        self
+    }
+
+    /// Decides what is recorded of each call; see [Capture policy](self#capture-policy).
+    pub fn capture_policy(mut self, policy: CapturePolicy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// The message descriptors of the served methods (the host service's file descriptor set,
+    /// `DescriptorPool::decode(FILE_DESCRIPTOR_SET)`), so that captured messages are recorded
+    /// as JSON. Without them, captured messages are recorded as base64.
+    pub fn descriptors(mut self, pool: DescriptorPool) -> Self {
+        self.descriptors = Some(pool);
+        self
+    }
+
+    /// Applies `hook` to every entry before it is queued (see [`Redact`]).
+    pub fn redact(mut self, hook: impl Redact) -> Self {
+        self.redactor = Some(RedactHook(Arc::new(hook)));
         self
     }
 
@@ -155,6 +262,9 @@ impl fmt::Debug for AuditLayer {
             .field("mode", &self.mode)
             .field("excluded", &self.excluded)
             .field("principal", &self.principal.is_some())
+            .field("policy", &self.policy)
+            .field("descriptors", &self.descriptors.is_some())
+            .field("redactor", &self.redactor.is_some())
             .finish()
     }
 }
@@ -179,7 +289,7 @@ pub struct Audit<S> {
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Audit<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<CaptureBody<ReqBody>>, Response = http::Response<ResBody>>,
 {
     type Response = http::Response<AuditBody<ResBody>>;
     type Error = S::Error;
@@ -192,15 +302,39 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
         let method = request.uri().path();
-        if layer
-            .excluded
-            .iter()
-            .any(|pattern| matches(pattern, method))
-        {
-            return ResponseFuture::new(self.inner.call(request), None, None);
+        if layer.excluded.iter().any(|pattern| pattern.matches(method)) {
+            return self.pass_through(request);
         }
         let method = method.to_string();
         let (mut parts, body) = request.into_parts();
+
+        let peer = Peer::from_extensions(&parts.extensions).unwrap_or_else(|error| {
+            tracing::debug!(%error, "caller's client certificate has no valid SPIFFE ID");
+            Peer::without_certificate(&parts.extensions)
+        });
+        let principal = layer
+            .principal
+            .as_ref()
+            .and_then(|extract| extract(&parts))
+            .unwrap_or_default();
+        let facts = CallFacts {
+            method: &method,
+            principal: &principal,
+            spiffe_id: peer.spiffe_id().map(|id| id.as_str()),
+            uid: match &peer {
+                Peer::Unix(unix) => Some(unix.uid),
+                _ => None,
+            },
+        };
+        let plan = Plan {
+            candidates: layer.policy.plan(&facts),
+            policy: layer.policy.clone(),
+            default: layer.mode,
+        };
+        let max_level = plan.max_level();
+        if max_level == Level::None {
+            return self.pass_through(http::Request::from_parts(parts, body));
+        }
 
         let request_id = match parts.headers.get(REQUEST_ID) {
             Some(id) if is_valid_request_id(id) => id.clone(),
@@ -212,17 +346,9 @@ where
                 id
             }
         };
-        let peer = Peer::from_extensions(&parts.extensions).unwrap_or_else(|error| {
-            tracing::debug!(%error, "caller's client certificate has no valid SPIFFE ID");
-            Peer::without_certificate(&parts.extensions)
-        });
         let caller = pb::Caller {
             peer: peer.to_caller_peer(),
-            principal: layer
-                .principal
-                .as_ref()
-                .and_then(|extract| extract(&parts))
-                .unwrap_or_default(),
+            principal,
             user_agent: parts
                 .headers
                 .get(http::header::USER_AGENT)
@@ -231,6 +357,16 @@ where
                 .to_string(),
             ..Default::default()
         };
+        let capture = (max_level >= Level::Request).then(|| {
+            Capture::new(
+                layer.policy.message_limit(),
+                max_level == Level::RequestResponse,
+                layer
+                    .descriptors
+                    .as_ref()
+                    .and_then(|pool| messages_of(pool, &method)),
+            )
+        });
         let template = pb::AuditEntry {
             source: layer.recorder.source().to_string(),
             method,
@@ -239,31 +375,50 @@ where
             caller: Some(caller),
             ..Default::default()
         };
-        let handle = AuditHandle::new(template, layer.recorder.clone());
+        let handle = AuditHandle::new(template, layer.recorder.clone(), layer.redactor.clone());
         parts.extensions.insert(handle.clone());
 
-        let deadline = match layer.mode {
-            FailureMode::Open => None,
-            FailureMode::Closed { deadline } => Some(deadline),
-        };
-        let mut call = CallRecord::new(handle, deadline);
-        if deadline.is_some() && !layer.recorder.is_available() {
+        let may_fail_closed = plan.may_fail_closed();
+        let mut call = CallRecord::new(handle, plan, capture.clone());
+        if may_fail_closed && !layer.recorder.is_available() {
             // Vault's rule: do not act while the audit trail is down. The refusal is queued as
             // the call's entry, for when the trail comes back.
             call.finish_open(tonic::Code::Unavailable, "audit trail unavailable");
             return ResponseFuture::refused(Some(request_id));
         }
-        let request = http::Request::from_parts(parts, body);
+        let request = http::Request::from_parts(parts, CaptureBody::new(body, capture));
         ResponseFuture::new(self.inner.call(request), Some(call), Some(request_id))
     }
 }
 
-/// Whether `method` is `pattern`, or starts with it when it ends in `*`.
-fn matches(pattern: &str, method: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => method.starts_with(prefix),
-        None => method == pattern,
+impl<S> Audit<S> {
+    /// Serves a call without auditing it.
+    fn pass_through<ReqBody, ResBody>(
+        &mut self,
+        request: http::Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<http::Request<CaptureBody<ReqBody>>, Response = http::Response<ResBody>>,
+    {
+        let request = request.map(|body| CaptureBody::new(body, None));
+        ResponseFuture::new(self.inner.call(request), None, None)
     }
+}
+
+/// The input and output descriptors of `method` (`/package.Service/Method`) in `pool`.
+fn messages_of(
+    pool: &DescriptorPool,
+    method: &str,
+) -> Option<(
+    prost_reflect::MessageDescriptor,
+    prost_reflect::MessageDescriptor,
+)> {
+    let (service, name) = method.strip_prefix('/')?.split_once('/')?;
+    let method = pool
+        .get_service_by_name(service)?
+        .methods()
+        .find(|m| m.name() == name)?;
+    Some((method.input(), method.output()))
 }
 
 /// A caller's `x-request-id` is kept when it is 1 to 128 visible ASCII characters; otherwise
@@ -278,14 +433,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exclusion_patterns() {
-        assert!(matches(
-            "/grpc.health.v1.Health/*",
-            "/grpc.health.v1.Health/Check"
-        ));
-        assert!(matches("/a.B/C", "/a.B/C"));
-        assert!(!matches("/a.B/C", "/a.B/CD"));
-        assert!(!matches("/grpc.health.v1.Health/*", "/a.B/C"));
+    #[should_panic(expected = "only allowed as the last character")]
+    fn exclusions_refuse_inner_stars() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let client = crate::Client::connect_lazy("http://127.0.0.1:1").unwrap();
+        let recorder = Recorder::spawn(client, RecorderConfig::new("test"));
+        let _ = AuditLayer::new(recorder).exclude("/grpc.*/Check");
     }
 
     #[test]

@@ -88,7 +88,56 @@ impl RecorderConfig {
     }
 }
 
-/// Counters of a [`Recorder`], in entries.
+/// Counters of a [`Recorder`], in entries: a snapshot of its atomics, cheap enough to take
+/// on every scrape of the host service's metrics ([`Recorder::stats`]).
+///
+/// Exporting them through the host's own `prometheus-client` registry: a collector reads the
+/// snapshot when scraped, so the values are never stale and nothing needs updating.
+///
+/// ```
+/// use audit_client::{Client, Recorder, RecorderConfig};
+/// use prometheus_client::collector::Collector;
+/// use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+/// use prometheus_client::metrics::counter::ConstCounter;
+/// use prometheus_client::metrics::gauge::ConstGauge;
+/// use prometheus_client::registry::Registry;
+///
+/// #[derive(Debug)]
+/// struct AuditRecorderMetrics(Recorder);
+///
+/// impl Collector for AuditRecorderMetrics {
+///     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+///         let stats = self.0.stats();
+///         for (name, help, value) in [
+///             ("audit_recorder_recorded", "Entries the audit service stored", stats.recorded),
+///             ("audit_recorder_dropped", "Entries dropped on a full queue", stats.dropped),
+///             ("audit_recorder_failed", "Entries the audit service refused", stats.failed),
+///         ] {
+///             let counter = ConstCounter::new(value);
+///             counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+///         }
+///         let queued = ConstGauge::new(stats.queued as i64);
+///         let help = "Calls waiting for delivery";
+///         queued.encode(encoder.encode_descriptor("audit_recorder_queue_calls", help, None, queued.metric_type())?)?;
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let recorder = Recorder::spawn(
+///     Client::connect_lazy("http://127.0.0.1:50051")?,
+///     RecorderConfig::new("keystore"),
+/// );
+/// let mut registry = Registry::default(); // the host service's registry
+/// registry.register_collector(Box::new(AuditRecorderMetrics(recorder.clone())));
+///
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry)?;
+/// assert!(text.contains("audit_recorder_recorded_total 0"), "{text}");
+/// assert!(text.contains("audit_recorder_queue_calls 0"), "{text}");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecorderStats {
     /// Entries the audit service acknowledged (stored durably).
@@ -190,7 +239,8 @@ impl Recorder {
         }
     }
 
-    /// The counters so far.
+    /// The counters so far: loads of the recorder's atomics (no lock, no allocation), so a
+    /// metrics collector may call it on every scrape.
     pub fn stats(&self) -> RecorderStats {
         RecorderStats {
             recorded: self.shared.recorded.load(Ordering::Relaxed),

@@ -152,7 +152,11 @@ impl<B> AuditBody<B> {
     }
 }
 
-impl<B: Body> Body for AuditBody<B> {
+impl<B> Body for AuditBody<B>
+where
+    B: Body,
+    B::Data: AsRef<[u8]>,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -187,7 +191,12 @@ impl<B: Body> Body for AuditBody<B> {
                             Some(trailers),
                         ),
                     },
-                    Err(data) => return Poll::Ready(Some(Ok(data))),
+                    Err(data) => {
+                        if let Some(bytes) = data.data_ref() {
+                            call.response_data(bytes.as_ref());
+                        }
+                        return Poll::Ready(Some(Ok(data)));
+                    }
                 },
                 Some(Err(error)) => {
                     call.finish(Code::Unknown, "the response body failed");
