@@ -495,3 +495,16 @@ pub fn forwarder_position(data_dir: &Path, name: &str) -> Option<u64> {
         .ok()?;
     position.map(|p| p as u64)
 }
+
+/// Until when (milliseconds since the Unix epoch) the lease of forwarder `name` is held in the
+/// store of the server in `data_dir`; 0 once released.
+pub fn forwarder_lease_until(data_dir: &Path, name: &str) -> Option<i64> {
+    let db = rusqlite::Connection::open(data_dir.join("audit.db")).ok()?;
+    db.busy_timeout(Duration::from_secs(5)).ok()?;
+    db.query_row(
+        "SELECT lease_until FROM cursors WHERE name = ?",
+        [name],
+        |row| row.get(0),
+    )
+    .ok()
+}

@@ -169,6 +169,7 @@ impl<S: Store, K: Sink> Cursor<S, K> {
             }
             match self.forward().await {
                 Stop::Done => {
+                    self.release().await;
                     tracing::info!(forwarder = %self.name, position = self.position, "forwarder stopped");
                     return;
                 }
@@ -185,6 +186,9 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                         %error,
                         "forwarder halted: nothing after its position is delivered until it is fixed and the server restarted"
                     );
+                    // Held until shutdown, then let go: the restarted server resumes at once.
+                    self.stopping.cancelled().await;
+                    self.release().await;
                     return;
                 }
             }
@@ -492,6 +496,31 @@ impl<S: Store, K: Sink> Cursor<S, K> {
         }
         self.saved_checkpoint_index = Some(index);
         Ok(())
+    }
+}
+
+impl<S: Store, K: Sink> Cursor<S, K> {
+    /// Saves the positions and lets the leases go (a clean shutdown), so that the next process
+    /// or another server takes the forwarder over at once. If this fails, the leases lapse on
+    /// their own after [`CURSOR_LEASE`].
+    async fn release(&mut self) {
+        let writes = [
+            (self.name.clone(), self.position),
+            (checkpoint_key(&self.name), self.checkpoint_index),
+        ];
+        for (key, position) in writes {
+            match self.store.release_cursor(&key, &self.owner, position).await {
+                Ok(CursorClaim::Held { .. }) => {}
+                Ok(CursorClaim::Busy { owner }) => {
+                    tracing::warn!(forwarder = %self.name, %owner, "another server took this forwarder over before it stopped");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(forwarder = %self.name, %error, "cannot release this forwarder; another server takes it over once its lease lapses");
+                    return;
+                }
+            }
+        }
     }
 }
 
