@@ -42,6 +42,8 @@ json_messages! {
     pb::Heartbeat => "audit.v1.Heartbeat",
     pb::QueryRequest => "audit.v1.QueryRequest",
     pb::QueryResponse => "audit.v1.QueryResponse",
+    pb::ForwarderStatus => "audit.v1.ForwarderStatus",
+    pb::ListForwardersResponse => "audit.v1.ListForwardersResponse",
     prost_types::Struct => "google.protobuf.Struct",
 }
 

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch of `audit`.
 
 mod filter;
+mod forwarders;
 mod health;
 mod output;
 mod query;
@@ -108,6 +109,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     Checkpoint(verify::CheckpointArgs),
     Key(verify::KeyArgs),
+    Forwarders(forwarders::ForwardersArgs),
 }
 
 /// When to colour output.
@@ -172,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(connect, args).await,
         Command::Checkpoint(args) => verify::checkpoint(connect().await?, args).await,
         Command::Key(args) => verify::key(connect, args).await,
+        Command::Forwarders(args) => forwarders::run(connect().await?, args).await,
     }
 }
 

@@ -19,7 +19,7 @@
 use std::future::Future;
 use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use audit_proto::pb::Filter;
@@ -73,26 +73,7 @@ pub trait Sink: Send + 'static {
     fn send(&mut self, items: &[Item]) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
-/// What a running forwarder shows its metrics.
-#[derive(Debug)]
-pub struct ForwarderStats {
-    /// Every matching entry up to this sequence was acknowledged; `u64::MAX` until known.
-    pub position: AtomicU64,
-    /// Deliveries that failed (retried or halting).
-    pub errors: AtomicU64,
-    /// Whether the forwarder halted (it delivers nothing more until restarted).
-    pub halted: AtomicBool,
-}
-
-impl Default for ForwarderStats {
-    fn default() -> Self {
-        Self {
-            position: AtomicU64::new(u64::MAX),
-            errors: AtomicU64::new(0),
-            halted: AtomicBool::new(false),
-        }
-    }
-}
+pub use super::status::ForwarderStats;
 
 /// A forwarder's cursor and its settings.
 pub struct Cursor<S, K> {
@@ -173,19 +154,10 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                     tracing::info!(forwarder = %self.name, position = self.position, "forwarder stopped");
                     return;
                 }
-                Stop::Interrupted(why) => tracing::warn!(
-                    forwarder = %self.name,
-                    %why,
-                    "forwarder interrupted; claiming it again from its saved position"
-                ),
+                // Logged once; it claims the forwarder again from its saved position.
+                Stop::Interrupted(why) => self.stats.retrying(&self.name, self.position, &why),
                 Stop::Halted(error) => {
-                    self.stats.halted.store(true, Ordering::Relaxed);
-                    tracing::error!(
-                        forwarder = %self.name,
-                        position = self.position,
-                        %error,
-                        "forwarder halted: nothing after its position is delivered until it is fixed and the server restarted"
-                    );
+                    self.stats.halted(&self.name, self.position, &error);
                     // Held until shutdown, then let go: the restarted server resumes at once.
                     self.stopping.cancelled().await;
                     self.release().await;
@@ -198,7 +170,6 @@ impl<S: Store, K: Sink> Cursor<S, K> {
     /// Waits until this server holds the forwarder's lease (false: shutdown came first), and
     /// takes the saved positions, or `start` and `start_index` for a new forwarder.
     async fn claim(&mut self, start: u64, start_index: u64) -> bool {
-        let mut waiting_since: Option<Instant> = None;
         loop {
             // Both leases (entries and checkpoints), or the owner holding one of them.
             let claimed = async {
@@ -222,25 +193,19 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                         None => start_index,
                     };
                     self.saved_checkpoint_index = index;
-                    if waiting_since.is_some() {
-                        tracing::info!(forwarder = %self.name, position = self.position, "took over this forwarder");
-                    }
+                    self.stats.running(&self.name, self.position);
                     return true;
                 }
                 Ok(Err(owner)) => {
-                    if waiting_since.is_none() {
-                        tracing::info!(forwarder = %self.name, %owner, "another server drives this forwarder; standing by");
-                    }
+                    self.stats.standby(&self.name, &owner);
                     CURSOR_LEASE / 3
                 }
                 Err(error) => {
-                    if waiting_since.is_none_or(|since| since.elapsed() >= LOG_EVERY) {
-                        tracing::warn!(forwarder = %self.name, %error, "cannot claim this forwarder; retrying");
-                    }
+                    let error = format!("cannot claim it in the store: {error}");
+                    self.stats.retrying(&self.name, self.position, &error);
                     BACKOFF_FIRST
                 }
             };
-            waiting_since.get_or_insert_with(Instant::now);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.stopping.cancelled() => return false,
@@ -427,30 +392,18 @@ impl<S: Store, K: Sink> Cursor<S, K> {
     }
 
     /// Sends `items`, retrying with exponential back-off and jitter until the sink takes them
-    /// or refuses them for good. Errors are logged once, then at most every [`LOG_EVERY`].
+    /// or refuses them for good. The state changes are logged (once each, see `status`).
     async fn send(&mut self, items: &[Item]) -> Result<(), Stop> {
         let mut backoff = BACKOFF_FIRST;
-        let mut failures = 0u64;
-        let mut last_log: Option<Instant> = None;
         loop {
             match self.sink.send(items).await {
                 Ok(()) => {
-                    if failures > 0 {
-                        tracing::info!(forwarder = %self.name, failures, "forwarder delivering again");
-                    }
+                    self.stats.running(&self.name, self.position);
                     return Ok(());
                 }
-                Err(SinkError::Halt(error)) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(Stop::Halted(error));
-                }
+                Err(SinkError::Halt(error)) => return Err(Stop::Halted(error)),
                 Err(SinkError::Retry { message, after }) => {
-                    failures += 1;
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                        tracing::warn!(forwarder = %self.name, position = self.position, failures, error = %message, "forwarder cannot deliver; retrying");
-                        last_log = Some(Instant::now());
-                    }
+                    self.stats.retrying(&self.name, self.position, &message);
                     let wait = after.unwrap_or_else(|| jitter(backoff)).min(BACKOFF_MAX);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     if self.stopping.is_cancelled() {
