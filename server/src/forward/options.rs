@@ -120,6 +120,13 @@ pub fn parse_url(url: &str) -> Result<(Target, Vec<(String, String)>), String> {
 }
 
 fn endpoint(authority: &str, default_port: Option<u16>) -> Result<Endpoint, String> {
+    if authority.contains('@') {
+        // Not printed back: the part before `@` would be a secret.
+        return Err(
+            "credentials do not go in the URL (`user@host`): use the option auth_file or auth_env"
+                .into(),
+        );
+    }
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (host, rest) = rest.split_once(']').ok_or("unclosed `[` in the address")?;
         (host, rest.strip_prefix(':'))
@@ -132,13 +139,7 @@ fn endpoint(authority: &str, default_port: Option<u16>) -> Result<Endpoint, Stri
     if host.is_empty() {
         return Err(format!("`{authority}` has no host"));
     }
-    if host.contains('@') {
-        // Not printed back: the part before `@` would be a secret.
-        return Err(
-            "credentials do not go in the URL (`user@host`): use the option auth_file or auth_env"
-                .into(),
-        );
-    }
+
     let port = match (port, default_port) {
         (Some(port), _) => port
             .parse()
