@@ -392,7 +392,7 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("`{text}` is not an octal file mode like 660"))
 }
 
-/// Parses `1500ms`, `15s`, `2m` or a plain number of seconds.
+/// Parses `1500ms`, `15s`, `2m`, `6h`, `7d` or a plain number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -402,11 +402,19 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration like 500ms, 15s or 2m"))?;
+    let seconds = |per_unit: u64| {
+        number
+            .checked_mul(per_unit)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{text}` is too long"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("`{text}`: unit must be ms, s or m")),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(86400),
+        _ => Err(format!("`{text}`: unit must be ms, s, m, h or d")),
     }
     .and_then(|d| {
         if d.is_zero() {
@@ -426,9 +434,11 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("5w").is_err());
         assert!(parse_duration("abc").is_err());
     }
 
