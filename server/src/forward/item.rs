@@ -71,6 +71,9 @@ impl Encoding {
             Format::Logstash => json_layouts::logstash(entry),
             Format::Ecs => json_layouts::ecs(entry),
             Format::Ocsf => json_layouts::ocsf(entry),
+            // The proto3 JSON line, as an object (numbers read back exactly).
+            Format::Json => serde_json::from_str(&self.format.render_to_string(entry))
+                .expect("a JSON format renders JSON"),
             format => json!({
                 "sequence": entry.sequence,
                 "id": entry.id,
