@@ -64,6 +64,10 @@ async fn a_clean_restart_resumes_delivery_at_once_and_exactly_once() {
     assert!(server.stop().await.success());
     // Released at shutdown, with the final position, not held for the rest of its lease.
     assert_eq!(forwarder_lease_until(&data_dir, "file"), Some(0));
+    assert_eq!(
+        forwarder_lease_until(&data_dir, "file.checkpoints"),
+        Some(0)
+    );
     assert_eq!(forwarder_position(&data_dir, "file"), Some(20));
     assert_eq!(sequences(&path), (1..=20).collect::<Vec<_>>());
     drop(data);

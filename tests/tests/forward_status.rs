@@ -222,6 +222,34 @@ async fn forwarders_show_their_state_lag_and_last_error() {
 }
 
 #[tokio::test]
+async fn listing_forwarders_needs_the_read_permission() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("audit.log");
+    let forward = format!("file=file://{}", out.display());
+    for (allow, granted) in [("record", false), ("read", true)] {
+        let policy = dir.path().join(format!("{allow}.toml"));
+        let grant = format!("[[grant]]\nto = [\"loopback\"]\nallow = [\"{allow}\"]\n");
+        std::fs::write(&policy, grant).unwrap();
+        let args = ["--forward", &forward, "--policy", policy.to_str().unwrap()];
+        let server = TestServer::start_with_args(&args).await;
+        let answer = server.client().await.forwarders().await;
+        match answer {
+            Ok(forwarders) => {
+                assert!(granted, "listed without `read`");
+                assert_eq!(forwarders.len(), 1);
+            }
+            Err(error) => {
+                assert!(!granted, "{error}");
+                // Refused as every read is: this loopback caller holds no identity.
+                assert_eq!(error.code(), Some(tonic::Code::Unauthenticated), "{error}");
+                assert!(error.to_string().contains("`read`"), "{error}");
+            }
+        }
+        assert!(server.stop().await.success());
+    }
+}
+
+#[tokio::test]
 async fn a_server_without_forwarders_lists_none() {
     let server = TestServer::start().await;
     let client = server.client().await;
