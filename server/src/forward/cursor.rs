@@ -14,7 +14,7 @@
 //! - positions are saved in the store, under a lease: when several servers share a log, one
 //!   at a time drives each forwarder (it renews the lease with every save, and at least every
 //!   third of [`CURSOR_LEASE`]); the others stand by and take over, from the saved position,
-//!   once the lease lapses.
+//!   once the lease lapses, or at once when its holder releases it at a clean shutdown.
 
 use std::future::Future;
 use std::hash::{BuildHasher as _, RandomState};
@@ -38,6 +38,9 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Repeated errors and the lag are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(30);
+/// How often a standby server tries to claim a forwarder another one holds: soon after that
+/// one releases it at shutdown. A refused claim writes nothing.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// When only filtered-out entries pass, the position is saved at most this often.
 const IDLE_SAVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -198,7 +201,7 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                 }
                 Ok(Err(owner)) => {
                     self.stats.standby(&self.name, &owner);
-                    CURSOR_LEASE / 3
+                    STANDBY_POLL
                 }
                 Err(error) => {
                     let error = format!("cannot claim it in the store: {error}");
