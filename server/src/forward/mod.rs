@@ -4,8 +4,8 @@
 //! or a `[[forward]]` table) is checked and built into a sink when the server opens (every
 //! unknown option, format or template variable fails the start, named), and runs as a
 //! [`cursor::Cursor`] on the log once the server serves. Delivery is at-least-once: a
-//! forwarder's position is saved (in `forwarders/` in the data directory) only after its sink
-//! acknowledged, and a restart resumes after it.
+//! forwarder's position is saved in the store, with the log, only after its sink acknowledged,
+//! and a restart resumes after it. [`status`] is what each shows of itself (`ListForwarders`).
 
 pub mod cursor;
 mod file;
