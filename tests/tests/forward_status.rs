@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use audit_client::pb::{self, ForwarderState};
-use audit_tests::{PATIENCE, TestServer, binary, entry};
+use audit_tests::{PATIENCE, TestServer, binary, entry, eventually};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
@@ -194,11 +194,10 @@ async fn forwarders_show_their_state_lag_and_last_error() {
 
     // Retried several times, logged once; then it recovers and its error is cleared.
     let retried = flaky.requests.load(Ordering::SeqCst);
-    let wait_more = |f: &[pb::ForwarderStatus]| f.len() == 3;
-    while flaky.requests.load(Ordering::SeqCst) < retried + 2 {
-        wait_for(&client, "more retries", wait_more).await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually("two more retries", || {
+        flaky.requests.load(Ordering::SeqCst) >= retried + 2
+    })
+    .await;
     flaky.status.store(200, Ordering::SeqCst);
     let forwarders = wait_for(&client, "flaky recovered", |f| {
         state(f, "flaky") == ForwarderState::Running && named(f, "flaky").position == 5
