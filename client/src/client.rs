@@ -252,6 +252,14 @@ impl Client {
         Ok(self.audit.clone().hash_value(request).await?.into_inner())
     }
 
+    /// The state of each forwarder of the server, in configuration order: position, lag,
+    /// state and last error (needs the Read permission).
+    pub async fn forwarders(&self) -> Result<Vec<pb::ForwarderStatus>, Error> {
+        let request = pb::ListForwardersRequest {};
+        let response = self.audit.clone().list_forwarders(request).await?;
+        Ok(response.into_inner().forwarders)
+    }
+
     /// The health of `service` (`""` for the whole server, [`audit_proto::SERVICE_NAME`] for the
     /// audit service), as reported by `grpc.health.v1.Health/Check`. A service the server does
     /// not know is [`ServingStatus::ServiceUnknown`].

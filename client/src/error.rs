@@ -54,6 +54,18 @@ pub enum Error {
     Decode(#[from] prost::DecodeError),
 }
 
+impl From<audit_format::proto_json::Error> for Error {
+    fn from(error: audit_format::proto_json::Error) -> Self {
+        use audit_format::proto_json::Error as Json;
+        match error {
+            Json::Json(error) => Error::Json(error),
+            Json::Input(reason) => Error::Input(reason),
+            Json::Decode(error) => Error::Decode(error),
+            other => Error::Input(other.to_string()),
+        }
+    }
+}
+
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
         Error::Status(Box::new(status))

@@ -13,15 +13,20 @@ use crate::json::struct_to_json;
 /// that JSON allows raw (line and paragraph separators, bidi and invisible characters) written
 /// as a `\u` escape, so that the line reads the same on a terminal as in a parser.
 pub fn to_line(value: &Json) -> String {
-    let text = value.to_string();
+    escape_unsafe(value.to_string())
+}
+
+/// `text` (serialized JSON) with every [unsafe character](crate::escape::is_unsafe_char) that
+/// JSON allows raw written as a `\u` escape (as UTF-16 code units, as JSON spells characters).
+/// They can only occur inside JSON strings, where the escape means the same.
+pub fn escape_unsafe(text: String) -> String {
     if !text.chars().any(crate::escape::is_unsafe_char) {
         return text;
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         if crate::escape::is_unsafe_char(c) {
-            // Raw controls never reach here (serde_json escapes them); the rest are escaped as
-            // UTF-16 code units, as JSON spells characters.
+            // Raw controls never reach here (serde_json escapes them).
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
                 out.push_str(&format!("\\u{unit:04x}"));

@@ -57,6 +57,31 @@ fn logstash_json() {
 }
 
 #[test]
+fn proto3_json() {
+    // Canonical proto3 JSON: fields in number order, lowerCamelCase, 64-bit integers as
+    // strings, enums by name, bytes in base64.
+    assert_eq!(
+        render("json"),
+        r#"{"id":"0193a5f0-7c2e-7000-8000-000000000001","sequence":"42","requestId":"req-1","time":"2026-11-22T15:04:05.120Z","receivedTime":"2026-11-22T15:04:05.130Z","source":"kms","method":"/kms.v1.Keys/DeleteKey","event":"KEY_DELETED","category":"KEY_MANAGEMENT","resource":"keys/k1","level":"LEVEL_WARNING","outcome":"OUTCOME_DENIED","statusCode":7,"statusMessage":"not allowed","caller":{"network":{"address":"10.0.0.7:5555","spiffeId":"spiffe://prod/billing","certificateSubject":"CN=billing"},"principal":"alice","role":"admin","sessionId":"s-9","userAgent":"grpc-go/1.60"},"recorder":{"unix":{"uid":1000,"gid":1000,"pid":4242,"binaryPath":"/usr/bin/kms"}},"latency":"0.012500s","details":{"count":3.0,"key":{"sub":"k1"}},"labels":{"region":"eu"},"entryHash":"q6urqw==","chainHash":"zc3NzQ=="}"#
+    );
+}
+
+#[test]
+fn proto3_json_reads_back_as_the_entry() {
+    let entry = common::sample();
+    let line = render("json");
+    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(value["sequence"], "42", "64-bit integers as strings");
+    assert_eq!(value["outcome"], "OUTCOME_DENIED");
+    let back: audit_format::proto_json::JsonEntries =
+        audit_format::proto_json::entries_from_json(&line).unwrap();
+    match back {
+        audit_format::proto_json::JsonEntries::One(back) => assert_eq!(*back, entry),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn ocsf_api_activity() {
     assert_eq!(
         render("ocsf"),

@@ -157,12 +157,12 @@ proptest! {
 
     #[test]
     fn json_formats_parse_and_keep_every_value(entry in hostile_entry()) {
-        for name in ["logstash", "ecs", "ocsf"] {
+        for name in ["logstash", "ecs", "ocsf", "json"] {
             let line = Format::named(name).unwrap().render_to_string(&entry);
             let json: serde_json::Value = serde_json::from_str(&line)
                 .map_err(|e| TestCaseError::fail(format!("{name}: {e}: {line}")))?;
             let method = match name {
-                "logstash" => &json["method"],
+                "logstash" | "json" => &json["method"],
                 "ecs" => &json["audit"]["method"],
                 _ => &json["api"]["operation"],
             };

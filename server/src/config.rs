@@ -405,7 +405,7 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("`{text}` is not an octal file mode like 660"))
 }
 
-/// Parses `1500ms`, `15s`, `2m` or a plain number of seconds.
+/// Parses `1500ms`, `15s`, `2m`, `6h`, `7d` or a plain number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -447,6 +447,8 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("0s").is_err());
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));

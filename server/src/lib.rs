@@ -196,12 +196,10 @@ impl AuditServer {
             tokio::spawn(listener.serve(metrics.clone(), stopping.clone()));
             metrics
         });
-        let audit = AuditServiceServer::new(AuditService::new(
-            store.clone(),
-            hub,
-            limits.clone(),
-            access.clone(),
-        ))
+        let audit = AuditServiceServer::new(
+            AuditService::new(store.clone(), hub, limits.clone(), access.clone())
+                .with_forwarders(forwarders.list()),
+        )
         .max_decoding_message_size(limits.max_message_bytes);
 
         tokio::spawn({

@@ -90,7 +90,11 @@ impl Retention {
         let mut last_error = None;
         loop {
             tokio::select! {
-                _ = stopping.cancelled() => return,
+                _ = stopping.cancelled() => {
+                    // Free the lease for the next process or another replica at once.
+                    let _ = store.release_cursor(LEASE, &owner, 0).await;
+                    return;
+                }
                 _ = rounds.tick() => {}
             }
             match self.round(&store, &owner, &forwarders, &stopping).await {

@@ -21,6 +21,7 @@ use crate::access::Access;
 use crate::config::Limits;
 use crate::error::{Error, Violation};
 use crate::evidence;
+use crate::forward::status::Forwarders;
 use crate::guard::RefusalRecorder;
 use crate::hub::{Hub, SubscriptionStream};
 use crate::page_token;
@@ -48,6 +49,7 @@ pub struct AuditService<S> {
     limits: Arc<Limits>,
     access: Arc<Access>,
     refusals: RefusalRecorder<S>,
+    forwarders: Forwarders,
 }
 
 impl<S: Store + Clone> AuditService<S> {
@@ -59,7 +61,14 @@ impl<S: Store + Clone> AuditService<S> {
             hub,
             limits,
             access,
+            forwarders: Forwarders::default(),
         }
+    }
+
+    /// Reports `forwarders` in `ListForwarders` (none by default).
+    pub fn with_forwarders(mut self, forwarders: Forwarders) -> Self {
+        self.forwarders = forwarders;
+        self
     }
 
     /// The caller of `request` if it may call `method`; a refusal is recorded as a DENIED entry
@@ -311,9 +320,8 @@ impl<S: Store + Clone> audit_service_server::AuditService for AuditService<S> {
     ) -> Result<Response<ListForwardersResponse>, Status> {
         self.authorize(&request, LIST_FORWARDERS, Permission::Read)
             .await?;
-        Err(Status::unimplemented(
-            "ListForwarders is not implemented yet",
-        ))
+        let response = self.forwarders.report(&self.store).await?;
+        Ok(Response::new(response))
     }
 
     async fn hash_value(

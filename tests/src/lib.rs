@@ -93,7 +93,34 @@ impl TestServer {
         Self::launch(data_dir, "127.0.0.1:0", args, launch).await
     }
 
+    /// Starts a server with a fresh temporary data directory and extra flags, its own log
+    /// (stderr, at `warn`) written to `log` instead of the test's stderr.
+    pub async fn start_logged(args: &[&str], log: &Path) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut server = Self::launch_logged(
+            &data_dir,
+            "127.0.0.1:0",
+            args,
+            &Launch::default(),
+            Some(log),
+        )
+        .await;
+        server._temp = Some(temp);
+        server
+    }
+
     async fn launch(data_dir: &Path, listen: &str, args: &[&str], launch: &Launch) -> Self {
+        Self::launch_logged(data_dir, listen, args, launch, None).await
+    }
+
+    async fn launch_logged(
+        data_dir: &Path,
+        listen: &str,
+        args: &[&str],
+        launch: &Launch,
+        log: Option<&Path>,
+    ) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut command = match launch.max_file_bytes {
             // prlimit execs the server, so the child's pid is the server's.
@@ -117,7 +144,10 @@ impl TestServer {
             .env("AUDIT_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("create log file")),
+                None => Stdio::inherit(),
+            })
             .kill_on_drop(true)
             .spawn()
             .expect("start audit-server");
@@ -498,4 +528,17 @@ pub fn forwarder_position(data_dir: &Path, name: &str) -> Option<u64> {
         )
         .ok()?;
     position.map(|p| p as u64)
+}
+
+/// Until when (milliseconds since the Unix epoch) the lease of forwarder `name` is held in the
+/// store of the server in `data_dir`; 0 once released.
+pub fn forwarder_lease_until(data_dir: &Path, name: &str) -> Option<i64> {
+    let db = rusqlite::Connection::open(data_dir.join("audit.db")).ok()?;
+    db.busy_timeout(Duration::from_secs(5)).ok()?;
+    db.query_row(
+        "SELECT lease_until FROM cursors WHERE name = ?",
+        [name],
+        |row| row.get(0),
+    )
+    .ok()
 }

@@ -2,6 +2,7 @@
 
 mod filter;
 mod hash;
+mod forwarders;
 mod health;
 mod output;
 mod query;
@@ -110,6 +111,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     Checkpoint(verify::CheckpointArgs),
     Key(verify::KeyArgs),
+    Forwarders(forwarders::ForwardersArgs),
 }
 
 /// When to colour output.
@@ -175,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(connect, args).await,
         Command::Checkpoint(args) => verify::checkpoint(connect().await?, args).await,
         Command::Key(args) => verify::key(connect, args).await,
+        Command::Forwarders(args) => forwarders::run(connect().await?, args).await,
     }
 }
 

@@ -32,7 +32,7 @@ pub struct OutputArgs {
 }
 
 /// Formats of this crate beside those of `audit-format`.
-const OWN_FORMATS: [&str; 2] = ["default", "json"];
+const OWN_FORMATS: [&str; 1] = ["default"];
 
 fn format_name(name: &str) -> Result<String, String> {
     if OWN_FORMATS.contains(&name) || audit_format::NAMES.contains(&name) {

@@ -14,12 +14,12 @@
 //! - positions are saved in the store, under a lease: when several servers share a log, one
 //!   at a time drives each forwarder (it renews the lease with every save, and at least every
 //!   third of [`CURSOR_LEASE`]); the others stand by and take over, from the saved position,
-//!   once the lease lapses.
+//!   once the lease lapses, or at once when its holder releases it at a clean shutdown.
 
 use std::future::Future;
 use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use audit_proto::pb::Filter;
@@ -38,6 +38,9 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Repeated errors and the lag are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(30);
+/// How often a standby server tries to claim a forwarder another one holds: soon after that
+/// one releases it at shutdown. A refused claim writes nothing.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// When only filtered-out entries pass, the position is saved at most this often.
 const IDLE_SAVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -73,26 +76,7 @@ pub trait Sink: Send + 'static {
     fn send(&mut self, items: &[Item]) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
-/// What a running forwarder shows its metrics.
-#[derive(Debug)]
-pub struct ForwarderStats {
-    /// Every matching entry up to this sequence was acknowledged; `u64::MAX` until known.
-    pub position: AtomicU64,
-    /// Deliveries that failed (retried or halting).
-    pub errors: AtomicU64,
-    /// Whether the forwarder halted (it delivers nothing more until restarted).
-    pub halted: AtomicBool,
-}
-
-impl Default for ForwarderStats {
-    fn default() -> Self {
-        Self {
-            position: AtomicU64::new(u64::MAX),
-            errors: AtomicU64::new(0),
-            halted: AtomicBool::new(false),
-        }
-    }
-}
+pub use super::status::ForwarderStats;
 
 /// A forwarder's cursor and its settings.
 pub struct Cursor<S, K> {
@@ -169,22 +153,17 @@ impl<S: Store, K: Sink> Cursor<S, K> {
             }
             match self.forward().await {
                 Stop::Done => {
+                    self.release().await;
                     tracing::info!(forwarder = %self.name, position = self.position, "forwarder stopped");
                     return;
                 }
-                Stop::Interrupted(why) => tracing::warn!(
-                    forwarder = %self.name,
-                    %why,
-                    "forwarder interrupted; claiming it again from its saved position"
-                ),
+                // Logged once; it claims the forwarder again from its saved position.
+                Stop::Interrupted(why) => self.stats.retrying(&self.name, self.position, &why),
                 Stop::Halted(error) => {
-                    self.stats.halted.store(true, Ordering::Relaxed);
-                    tracing::error!(
-                        forwarder = %self.name,
-                        position = self.position,
-                        %error,
-                        "forwarder halted: nothing after its position is delivered until it is fixed and the server restarted"
-                    );
+                    self.stats.halted(&self.name, self.position, &error);
+                    // Held until shutdown, then let go: the restarted server resumes at once.
+                    self.stopping.cancelled().await;
+                    self.release().await;
                     return;
                 }
             }
@@ -194,7 +173,6 @@ impl<S: Store, K: Sink> Cursor<S, K> {
     /// Waits until this server holds the forwarder's lease (false: shutdown came first), and
     /// takes the saved positions, or `start` and `start_index` for a new forwarder.
     async fn claim(&mut self, start: u64, start_index: u64) -> bool {
-        let mut waiting_since: Option<Instant> = None;
         loop {
             // Both leases (entries and checkpoints), or the owner holding one of them.
             let claimed = async {
@@ -218,25 +196,19 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                         None => start_index,
                     };
                     self.saved_checkpoint_index = index;
-                    if waiting_since.is_some() {
-                        tracing::info!(forwarder = %self.name, position = self.position, "took over this forwarder");
-                    }
+                    self.stats.running(&self.name, self.position);
                     return true;
                 }
                 Ok(Err(owner)) => {
-                    if waiting_since.is_none() {
-                        tracing::info!(forwarder = %self.name, %owner, "another server drives this forwarder; standing by");
-                    }
-                    CURSOR_LEASE / 3
+                    self.stats.standby(&self.name, &owner);
+                    STANDBY_POLL
                 }
                 Err(error) => {
-                    if waiting_since.is_none_or(|since| since.elapsed() >= LOG_EVERY) {
-                        tracing::warn!(forwarder = %self.name, %error, "cannot claim this forwarder; retrying");
-                    }
+                    let error = format!("cannot claim it in the store: {error}");
+                    self.stats.retrying(&self.name, self.position, &error);
                     BACKOFF_FIRST
                 }
             };
-            waiting_since.get_or_insert_with(Instant::now);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.stopping.cancelled() => return false,
@@ -423,30 +395,18 @@ impl<S: Store, K: Sink> Cursor<S, K> {
     }
 
     /// Sends `items`, retrying with exponential back-off and jitter until the sink takes them
-    /// or refuses them for good. Errors are logged once, then at most every [`LOG_EVERY`].
+    /// or refuses them for good. The state changes are logged (once each, see `status`).
     async fn send(&mut self, items: &[Item]) -> Result<(), Stop> {
         let mut backoff = BACKOFF_FIRST;
-        let mut failures = 0u64;
-        let mut last_log: Option<Instant> = None;
         loop {
             match self.sink.send(items).await {
                 Ok(()) => {
-                    if failures > 0 {
-                        tracing::info!(forwarder = %self.name, failures, "forwarder delivering again");
-                    }
+                    self.stats.running(&self.name, self.position);
                     return Ok(());
                 }
-                Err(SinkError::Halt(error)) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(Stop::Halted(error));
-                }
+                Err(SinkError::Halt(error)) => return Err(Stop::Halted(error)),
                 Err(SinkError::Retry { message, after }) => {
-                    failures += 1;
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                        tracing::warn!(forwarder = %self.name, position = self.position, failures, error = %message, "forwarder cannot deliver; retrying");
-                        last_log = Some(Instant::now());
-                    }
+                    self.stats.retrying(&self.name, self.position, &message);
                     let wait = after.unwrap_or_else(|| jitter(backoff)).min(BACKOFF_MAX);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     if self.stopping.is_cancelled() {
@@ -492,6 +452,31 @@ impl<S: Store, K: Sink> Cursor<S, K> {
         }
         self.saved_checkpoint_index = Some(index);
         Ok(())
+    }
+}
+
+impl<S: Store, K: Sink> Cursor<S, K> {
+    /// Saves the positions and lets the leases go (a clean shutdown), so that the next process
+    /// or another server takes the forwarder over at once. If this fails, the leases lapse on
+    /// their own after [`CURSOR_LEASE`].
+    async fn release(&mut self) {
+        let writes = [
+            (self.name.clone(), self.position),
+            (checkpoint_key(&self.name), self.checkpoint_index),
+        ];
+        for (key, position) in writes {
+            match self.store.release_cursor(&key, &self.owner, position).await {
+                Ok(CursorClaim::Held { .. }) => {}
+                Ok(CursorClaim::Busy { owner }) => {
+                    tracing::warn!(forwarder = %self.name, %owner, "another server took this forwarder over before it stopped");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(forwarder = %self.name, %error, "cannot release this forwarder; another server takes it over once its lease lapses");
+                    return;
+                }
+            }
+        }
     }
 }
 

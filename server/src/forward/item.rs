@@ -71,6 +71,9 @@ impl Encoding {
             Format::Logstash => json_layouts::logstash(entry),
             Format::Ecs => json_layouts::ecs(entry),
             Format::Ocsf => json_layouts::ocsf(entry),
+            // The proto3 JSON line, as an object (numbers read back exactly).
+            Format::Json => serde_json::from_str(&self.format.render_to_string(entry))
+                .expect("a JSON format renders JSON"),
             format => json!({
                 "sequence": entry.sequence,
                 "id": entry.id,
@@ -79,8 +82,37 @@ impl Encoding {
         }
     }
 
-    /// `item` as one line of JSON, as [`Encoding::json`] writes it.
+    /// `item` as one line of JSON, as [`Encoding::json`] writes it (an entry in proto3 JSON
+    /// exactly as the `json` format renders it, its fields in their order).
     pub fn json_line(&self, item: &Item) -> String {
-        to_line(&self.json(item))
+        match (&self.format, item) {
+            (Format::Json, Item::Entry(entry)) => self.format.render_to_string(entry),
+            _ => to_line(&self.json(item)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_entries_travel_as_their_proto3_json_line() {
+        let encoding = Encoding {
+            format: Format::named("json").unwrap(),
+        };
+        let entry = AuditEntry {
+            sequence: 7,
+            id: "id-7".into(),
+            source: "kms\n\u{2028}".into(),
+            ..Default::default()
+        };
+        let line = encoding.json_line(&Item::Entry(entry.clone()));
+        assert_eq!(line, audit_format::proto_json::to_json(&entry).unwrap());
+        assert_eq!(
+            line,
+            r#"{"id":"id-7","sequence":"7","source":"kms\n\u2028"}"#
+        );
+        assert_eq!(encoding.json(&Item::Entry(entry))["sequence"], "7");
     }
 }

@@ -4,13 +4,14 @@
 //! or a `[[forward]]` table) is checked and built into a sink when the server opens (every
 //! unknown option, format or template variable fails the start, named), and runs as a
 //! [`cursor::Cursor`] on the log once the server serves. Delivery is at-least-once: a
-//! forwarder's position is saved (in `forwarders/` in the data directory) only after its sink
-//! acknowledged, and a restart resumes after it.
+//! forwarder's position is saved in the store, with the log, only after its sink acknowledged,
+//! and a restart resumes after it. [`status`] is what each shows of itself (`ListForwarders`).
 
 pub mod cursor;
 mod file;
 pub mod item;
 pub mod options;
+pub mod status;
 mod syslog;
 mod tls;
 mod webhook;
@@ -95,6 +96,7 @@ impl Sink for AnySink {
 /// Forwarders built and positioned, not yet running.
 pub struct Prepared<S> {
     cursors: Vec<Cursor<S, AnySink>>,
+    described: status::Forwarders,
     stopping: CancellationToken,
 }
 
@@ -115,8 +117,13 @@ pub fn prepare<S: Store + Clone>(
 ) -> Result<Prepared<S>, Error> {
     let stopping = CancellationToken::new();
     let mut cursors = Vec::new();
+    let mut described = Vec::new();
     if specs.is_empty() {
-        return Ok(Prepared { cursors, stopping });
+        return Ok(Prepared {
+            cursors,
+            described: status::Forwarders::default(),
+            stopping,
+        });
     }
     // Who this server is when it claims a forwarder's lease in the store.
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
@@ -139,7 +146,8 @@ pub fn prepare<S: Store + Clone>(
             .map_err(|e| Error::Config(format!("forwarder `{}`: {e}", spec.name)))?;
         values.extend(spec.options.iter().cloned());
         let mut options = Options::new(&spec.name, values);
-        let (sink, known) = build_sink(target, &mut options)?;
+        let destination = target.destination();
+        let (sink, known, format) = build_sink(target, &mut options)?;
         let start = options.take("start")?;
         let batch = options.parse("batch", 500usize)?.max(1);
         let batch_bytes = options.bytes("batch_bytes", 1 << 20)? as usize;
@@ -164,6 +172,7 @@ pub fn prepare<S: Store + Clone>(
                 }
             },
         };
+        let stats = std::sync::Arc::<cursor::ForwarderStats>::default();
         cursors.push(Cursor {
             name: spec.name.clone(),
             store: store.clone(),
@@ -179,14 +188,30 @@ pub fn prepare<S: Store + Clone>(
             grace,
             stop_deadline: None,
             saved_checkpoint_index: None,
-            stats: std::sync::Arc::default(),
+            stats: stats.clone(),
+        });
+        described.push(status::Described {
+            name: spec.name.clone(),
+            destination,
+            format,
+            stats,
         });
     }
-    Ok(Prepared { cursors, stopping })
+    let described = status::Forwarders(std::sync::Arc::new(described));
+    Ok(Prepared {
+        cursors,
+        described,
+        stopping,
+    })
 }
 
-/// The format of entries from the options `format`, `template` and `no_value`.
-fn entry_format(options: &mut Options, default: Format) -> Result<Format, Error> {
+/// The format of entries from the options `format`, `template` and `no_value`, and its name
+/// (`default_name` for the sink's own).
+fn entry_format(
+    options: &mut Options,
+    default_name: &str,
+    default: Format,
+) -> Result<(Format, String), Error> {
     let name = options.take("format")?;
     let template = options.take("template")?;
     let no_value = options.take("no_value")?;
@@ -203,72 +228,71 @@ fn entry_format(options: &mut Options, default: Format) -> Result<Format, Error>
                 template_options.no_value = no_value;
             }
             Template::parse(&text, template_options)
-                .map(Format::Template)
+                .map(|template| (Format::Template(template), "template".to_string()))
                 .map_err(|e| options.error(format!("option `template`: {e}")))
         }
-        (None, None) => Ok(default),
-        (Some(name), None) if name == "default" => Ok(default),
-        (Some(name), None) => Format::named(&name).ok_or_else(|| {
-            options.error(format!(
+        (None, None) => Ok((default, default_name.to_string())),
+        (Some(name), None) if name == "default" => Ok((default, default_name.to_string())),
+        (Some(name), None) => match Format::named(&name) {
+            Some(format) => Ok((format, name)),
+            None => Err(options.error(format!(
                 "unknown format `{name}` (default, {})",
                 audit_format::NAMES.join(", ")
-            ))
-        }),
+            ))),
+        },
     }
 }
 
-fn build_sink(target: Target, options: &mut Options) -> Result<(AnySink, String), Error> {
-    let json_format = || Format::named("logstash").expect("a named format");
+/// The sink of `target`, the options it knows, and the name of its format.
+fn build_sink(target: Target, options: &mut Options) -> Result<(AnySink, String, String), Error> {
+    let json = |options: &mut Options| {
+        let json = Format::named("logstash").expect("a named format");
+        entry_format(options, "logstash", json)
+    };
+    let syslog_msg = |options: &mut Options| {
+        entry_format(options, "default", audit_format::syslog::default_msg())
+    };
     Ok(match target {
         Target::SyslogUdp(endpoint) => {
-            let msg = entry_format(options, audit_format::syslog::default_msg())?;
+            let (msg, name) = syslog_msg(options)?;
             let message = syslog::message_options(options, msg, true)?;
             let sink = syslog::SyslogSink::new(endpoint, syslog::Transport::Udp, message);
-            (AnySink::Syslog(sink), syslog::OPTIONS.to_string())
+            (AnySink::Syslog(sink), syslog::OPTIONS.to_string(), name)
         }
         Target::SyslogTcp(endpoint) => {
-            let msg = entry_format(options, audit_format::syslog::default_msg())?;
+            let (msg, name) = syslog_msg(options)?;
             let message = syslog::message_options(options, msg, false)?;
             let sink = syslog::SyslogSink::new(endpoint, syslog::Transport::Tcp, message);
-            (AnySink::Syslog(sink), syslog::OPTIONS.to_string())
+            (AnySink::Syslog(sink), syslog::OPTIONS.to_string(), name)
         }
         Target::SyslogTls(endpoint) => {
-            let msg = entry_format(options, audit_format::syslog::default_msg())?;
+            let (msg, name) = syslog_msg(options)?;
             let message = syslog::message_options(options, msg, false)?;
             let tls = tls::client(options, &endpoint.host, &[])?;
             let sink = syslog::SyslogSink::new(endpoint, syslog::Transport::Tls(tls), message);
-            (
-                AnySink::Syslog(sink),
-                format!("{}, {}", syslog::OPTIONS, tls::OPTIONS),
-            )
+            let known = format!("{}, {}", syslog::OPTIONS, tls::OPTIONS);
+            (AnySink::Syslog(sink), known, name)
         }
         Target::Http(endpoint, path) => {
-            let encoding = Encoding {
-                format: entry_format(options, json_format())?,
-            };
+            let (format, name) = json(options)?;
+            let encoding = Encoding { format };
             let sink = webhook::WebhookSink::new(endpoint, path, None, encoding, options)?;
-            (
-                AnySink::Webhook(Box::new(sink)),
-                webhook::OPTIONS.to_string(),
-            )
+            let known = webhook::OPTIONS.to_string();
+            (AnySink::Webhook(Box::new(sink)), known, name)
         }
         Target::Https(endpoint, path) => {
-            let encoding = Encoding {
-                format: entry_format(options, json_format())?,
-            };
+            let (format, name) = json(options)?;
+            let encoding = Encoding { format };
             let tls = tls::client(options, &endpoint.host, &[b"http/1.1"])?;
             let sink = webhook::WebhookSink::new(endpoint, path, Some(tls), encoding, options)?;
-            (
-                AnySink::Webhook(Box::new(sink)),
-                format!("{}, {}", webhook::OPTIONS, tls::OPTIONS),
-            )
+            let known = format!("{}, {}", webhook::OPTIONS, tls::OPTIONS);
+            (AnySink::Webhook(Box::new(sink)), known, name)
         }
         Target::File(path) => {
-            let encoding = Encoding {
-                format: entry_format(options, json_format())?,
-            };
+            let (format, name) = json(options)?;
+            let encoding = Encoding { format };
             let sink = file::FileSink::new(path, encoding, options)?;
-            (AnySink::File(sink), file::OPTIONS.to_string())
+            (AnySink::File(sink), file::OPTIONS.to_string(), name)
         }
     })
 }
@@ -281,6 +305,11 @@ impl<S: Store + Clone> Prepared<S> {
             .iter()
             .map(|c| (c.name.clone(), c.stats.clone()));
         stats.collect()
+    }
+
+    /// What `ListForwarders` shows of these forwarders, kept live once they run.
+    pub fn list(&self) -> status::Forwarders {
+        self.described.clone()
     }
 
     /// Starts every forwarder.

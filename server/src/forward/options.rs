@@ -26,6 +26,21 @@ pub enum Target {
     File(PathBuf),
 }
 
+impl Target {
+    /// Where it sends, as a URL without options or credentials (options may name secrets:
+    /// those go in files or the environment, never here).
+    pub fn destination(&self) -> String {
+        match self {
+            Target::SyslogUdp(e) => format!("syslog+udp://{}", e.authority()),
+            Target::SyslogTcp(e) => format!("syslog+tcp://{}", e.authority()),
+            Target::SyslogTls(e) => format!("syslog+tls://{}", e.authority()),
+            Target::Http(e, path) => format!("http://{}{path}", e.authority()),
+            Target::Https(e, path) => format!("https://{}{path}", e.authority()),
+            Target::File(path) => format!("file://{}", path.display()),
+        }
+    }
+}
+
 /// A host and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -105,6 +120,13 @@ pub fn parse_url(url: &str) -> Result<(Target, Vec<(String, String)>), String> {
 }
 
 fn endpoint(authority: &str, default_port: Option<u16>) -> Result<Endpoint, String> {
+    if authority.contains('@') {
+        // Not printed back: the part before `@` would be a secret.
+        return Err(
+            "credentials do not go in the URL (`user@host`): use the option auth_file or auth_env"
+                .into(),
+        );
+    }
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (host, rest) = rest.split_once(']').ok_or("unclosed `[` in the address")?;
         (host, rest.strip_prefix(':'))
@@ -117,6 +139,7 @@ fn endpoint(authority: &str, default_port: Option<u16>) -> Result<Endpoint, Stri
     if host.is_empty() {
         return Err(format!("`{authority}` has no host"));
     }
+
     let port = match (port, default_port) {
         (Some(port), _) => port
             .parse()
@@ -293,6 +316,19 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn destinations_leave_out_options_and_credentials_are_refused() {
+        let (target, _) = parse_url("https://[::1]/hook/a?auth_env=TOKEN&header=X:%201").unwrap();
+        assert_eq!(target.destination(), "https://[::1]:443/hook/a");
+        let (target, _) = parse_url("syslog+udp://10.0.0.1:514?format=cef").unwrap();
+        assert_eq!(target.destination(), "syslog+udp://10.0.0.1:514");
+        let error = parse_url("https://admin:s3cret@siem.example/hook").unwrap_err();
+        assert!(
+            error.contains("auth_file") && !error.contains("s3cret"),
+            "{error}"
+        );
     }
 
     #[test]

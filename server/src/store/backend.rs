@@ -261,6 +261,9 @@ pub struct CursorWrite {
     pub now_ms: i64,
     /// How long the lease lasts from now, in milliseconds.
     pub lease_ms: i64,
+    /// The holder lets the lease go with this write (a clean shutdown): anyone may claim the
+    /// cursor at once, from the position saved.
+    pub release: bool,
 }
 
 /// A cursor's row: its saved position, and who holds its lease until when.
@@ -277,8 +280,9 @@ pub struct CursorRow {
 impl CursorWrite {
     /// The rule every backend applies to the cursor's stored row: another owner's lease that
     /// has not lapsed makes the write `Busy` and changes nothing; otherwise the writer takes
-    /// (or renews) the lease and its position replaces the saved one. Returns the outcome and
-    /// the row to store, if any.
+    /// (or renews) the lease and its position replaces the saved one; a release leaves the
+    /// lease lapsed (at the epoch, whatever the clocks of other servers say). Returns the
+    /// outcome and the row to store, if any.
     pub fn apply(&self, stored: Option<CursorRow>) -> (CursorClaim, Option<CursorRow>) {
         if let Some(row) = &stored
             && row.owner != self.owner
@@ -295,7 +299,11 @@ impl CursorWrite {
         let row = CursorRow {
             position,
             owner: self.owner.clone(),
-            lease_until: self.now_ms + self.lease_ms,
+            lease_until: if self.release {
+                0
+            } else {
+                self.now_ms + self.lease_ms
+            },
         };
         (CursorClaim::Held { position }, Some(row))
     }
@@ -317,6 +325,7 @@ mod tests {
             position,
             now_ms,
             lease_ms: 1000,
+            release: false,
         }
     }
 
@@ -337,5 +346,34 @@ mod tests {
         let (claim, taken) = write("b", None, 1500).apply(Some(renewed));
         assert_eq!(claim, CursorClaim::Held { position: Some(7) });
         assert_eq!(taken.unwrap().owner, "b");
+    }
+
+    #[test]
+    fn a_released_lease_is_free_at_once_and_keeps_the_position() {
+        let (_, row) = write("a", Some(7), 0).apply(None);
+        let release = CursorWrite {
+            release: true,
+            ..write("a", Some(8), 100)
+        };
+        let (claim, released) = release.apply(row);
+        assert_eq!(claim, CursorClaim::Held { position: Some(8) });
+        let released = released.unwrap();
+        assert_eq!(released.lease_until, 0);
+        // Well within the lease the holder had, another owner takes over from the position.
+        let (claim, taken) = write("b", None, 101).apply(Some(released));
+        assert_eq!(claim, CursorClaim::Held { position: Some(8) });
+        assert_eq!(taken.unwrap().owner, "b");
+    }
+
+    #[test]
+    fn a_release_by_who_lost_the_lease_changes_nothing() {
+        let (_, row) = write("b", Some(9), 0).apply(None);
+        let release = CursorWrite {
+            release: true,
+            ..write("a", Some(3), 10)
+        };
+        let (claim, nothing) = release.apply(row);
+        assert_eq!(claim, CursorClaim::Busy { owner: "b".into() });
+        assert_eq!(nothing, None);
     }
 }

@@ -606,6 +606,45 @@ pub async fn retention_prunes_to_a_signed_horizon(fixture: &dyn Fixture) {
     log.close().await;
 }
 
+/// A lease released at a clean shutdown is free at once, for any owner, from the position saved
+/// with the release; a release by an owner who lost the lease changes nothing.
+pub async fn released_cursors_are_claimed_at_once(fixture: &dyn Fixture) {
+    use super::CursorClaim::{Busy, Held};
+    let log = open(fixture.backend());
+    assert_eq!(
+        log.cursor("siem", "a", Some(4)).await.expect("claim"),
+        Held { position: Some(4) }
+    );
+    assert_eq!(
+        log.release_cursor("siem", "b", 9).await.expect("release"),
+        Busy { owner: "a".into() }
+    );
+    assert_eq!(
+        log.release_cursor("siem", "a", 5).await.expect("release"),
+        Held { position: Some(5) }
+    );
+    assert_eq!(
+        log.cursor("siem", "b", None).await.expect("claim"),
+        Held { position: Some(5) }
+    );
+    assert_eq!(
+        log.cursor("siem", "a", None).await.expect("claim"),
+        Busy { owner: "b".into() }
+    );
+    // The release is durable: after a reopen, the next owner starts from it.
+    assert_eq!(
+        log.release_cursor("siem", "b", 6).await.expect("release"),
+        Held { position: Some(6) }
+    );
+    log.close().await;
+    let log = open(fixture.backend());
+    assert_eq!(
+        log.cursor("siem", "c", None).await.expect("claim"),
+        Held { position: Some(6) }
+    );
+    log.close().await;
+}
+
 /// Runs every conformance test on the backend of a fixture constructor.
 macro_rules! conformance_tests {
     ($fixture:expr) => {
@@ -642,6 +681,11 @@ macro_rules! conformance_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn retention_prunes_to_a_signed_horizon() {
             $crate::store::conformance::retention_prunes_to_a_signed_horizon(&$fixture).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn released_cursors_are_claimed_at_once() {
+            $crate::store::conformance::released_cursors_are_claimed_at_once(&$fixture).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

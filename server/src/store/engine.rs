@@ -270,6 +270,46 @@ impl Log {
             .map_err(|_| Error::ShuttingDown)
     }
 
+    /// Queues a cursor write (claim, save or release) with the next group and waits for it.
+    async fn write_cursor(
+        &self,
+        name: &str,
+        owner: &str,
+        position: Option<u64>,
+        release: bool,
+    ) -> Result<CursorClaim, Error> {
+        if let Some(reason) = &self.inner.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let write = CursorWrite {
+            name: name.to_string(),
+            owner: owner.to_string(),
+            position,
+            now_ms,
+            lease_ms: super::CURSOR_LEASE.as_millis() as i64,
+            release,
+        };
+        let pending = self
+            .inner
+            .pending_bytes
+            .clone()
+            .try_acquire_many_owned(queued_bytes(&[]) as u32)
+            .map_err(|_| Error::Overloaded("write queue is full; retry later".into()))?;
+        let (claim, claimed) = oneshot::channel();
+        let (reply, _) = oneshot::channel();
+        self.queue(WriteJob {
+            entries: Vec::new(),
+            cursor: Some((write, claim)),
+            prune: None,
+            reply,
+            _pending: pending,
+        })?;
+        claimed.await.map_err(|_| Error::ShuttingDown)?
+    }
+
     /// Runs `work` on a pooled read connection.
     async fn with_reader<T: Send + 'static>(
         &self,
@@ -340,35 +380,16 @@ impl Store for Log {
         owner: &str,
         position: Option<u64>,
     ) -> Result<CursorClaim, Error> {
-        if let Some(reason) = &self.inner.read_only {
-            return Err(Error::ReadOnly(reason.clone()));
-        }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let write = CursorWrite {
-            name: name.to_string(),
-            owner: owner.to_string(),
-            position,
-            now_ms,
-            lease_ms: super::CURSOR_LEASE.as_millis() as i64,
-        };
-        let pending = self
-            .inner
-            .pending_bytes
-            .clone()
-            .try_acquire_many_owned(queued_bytes(&[]) as u32)
-            .map_err(|_| Error::Overloaded("write queue is full; retry later".into()))?;
-        let (claim, claimed) = oneshot::channel();
-        let (reply, _) = oneshot::channel();
-        self.queue(WriteJob {
-            entries: Vec::new(),
-            cursor: Some((write, claim)),
-            prune: None,
-            reply,
-            _pending: pending,
-        })?;
-        claimed.await.map_err(|_| Error::ShuttingDown)?
+        self.write_cursor(name, owner, position, false).await
+    }
+
+    async fn release_cursor(
+        &self,
+        name: &str,
+        owner: &str,
+        position: u64,
+    ) -> Result<CursorClaim, Error> {
+        self.write_cursor(name, owner, Some(position), true).await
     }
 
     async fn read(&self, read: Read) -> Result<Page, Error> {

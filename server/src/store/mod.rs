@@ -245,6 +245,16 @@ pub trait Store: Send + Sync + 'static {
         position: Option<u64>,
     ) -> impl Future<Output = Result<CursorClaim, Error>> + Send;
 
+    /// Saves `position` of durable cursor `name` and lets `owner`'s lease go (at a clean
+    /// shutdown), so that another server, or the next process, claims it at once instead of
+    /// waiting for the lease to lapse. `Busy` (changing nothing) if `owner` lost the lease.
+    fn release_cursor(
+        &self,
+        name: &str,
+        owner: &str,
+        position: u64,
+    ) -> impl Future<Output = Result<CursorClaim, Error>> + Send;
+
     /// The sequence of the newest committed entry (0 when empty), updated after each commit.
     fn head(&self) -> watch::Receiver<u64>;
 

@@ -1,21 +1,31 @@
 //! File sinks: one line per item appended to a file, and an fsync (`fdatasync`) per batch before
-//! the batch counts as delivered. With `max_size`, the file is rotated before a line would take
-//! it past that size (`audit.log` → `audit.log.1` → `audit.log.2` …, `max_files` rotated files
-//! kept, default 5), so a line is never split across files. A batch that fails part way is cut
-//! off the file again before it is retried, so a retry never leaves half a line. On SIGHUP the
-//! file is reopened before the next batch, for an outside tool (logrotate) that moved it away.
+//! the batch counts as delivered (a new file's directory is synced too). The file is rotated
+//! before a line would take it past `max_size`, or when its first line is older than
+//! `rotate_every` (`audit.log` → `audit.log.1` → `audit.log.2` …, `max_files` rotated files
+//! kept, default 5; see [`rotated`] for `max_age` and `compress`), so a line is never split
+//! across files; the old file is synced before it is renamed, and the directory after. A batch
+//! that fails part way is cut off the file again before it is retried, so a retry never leaves
+//! half a line. On SIGHUP the file is reopened before the next batch, for an outside tool
+//! (logrotate) that moved it away.
+
+mod rotated;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::cursor::{Sink, SinkError};
 use super::item::{Encoding, Item};
 use super::options::Options;
 use crate::error::Error;
+use rotated::{Compression, Rotated, sync_dir};
 
 /// Options of the file sink besides `format`/`template`.
-pub const OPTIONS: &str = "max_size (bytes, or with K, M, G), max_files";
+pub const OPTIONS: &str = "max_size (bytes, or with K, M, G), max_files, rotate_every (a duration), max_age (a duration), compress (gzip|none)";
+
+/// How often, at most, rotated files are checked for `max_age` between rotations.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 /// Appends lines to a file.
 pub struct FileSink {
@@ -31,8 +41,15 @@ struct State {
     size: u64,
     /// Where the batch being written began in the current file (0 after a rotation).
     batch_start: u64,
+    /// The live file was empty when opened: its directory is synced with the next batch.
+    fresh: bool,
+    /// When the live file's first line was written (its creation, for a file found at open).
+    first_line: Option<SystemTime>,
     max_size: Option<u64>,
-    max_files: usize,
+    rotate_every: Option<Duration>,
+    rotated: Rotated,
+    /// When rotated files were last checked for `max_age` (`None`: not since the start).
+    expired_at: Option<Instant>,
 }
 
 impl FileSink {
@@ -44,6 +61,27 @@ impl FileSink {
         if max_files == 0 {
             return Err(options.error("option `max_files`: at least 1"));
         }
+        let rotate_every = options
+            .take("rotate_every")?
+            .map(|text| {
+                crate::config::parse_duration(&text)
+                    .map_err(|e| options.error(format!("option `rotate_every`: {e}")))
+            })
+            .transpose()?;
+        let max_age = options
+            .take("max_age")?
+            .map(|text| {
+                crate::config::parse_duration(&text)
+                    .map_err(|e| options.error(format!("option `max_age`: {e}")))
+            })
+            .transpose()?;
+        let compression = match options.take("compress")?.as_deref() {
+            None | Some("none") => Compression::None,
+            Some("gzip") => Compression::Gzip,
+            Some(other) => {
+                return Err(options.error(format!("option `compress`: `{other}` (gzip or none)")));
+            }
+        };
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)
                 .map_err(|e| options.error(format!("{}: {e}", parent.display())))?;
@@ -57,12 +95,16 @@ impl FileSink {
         };
         Ok(Self {
             state: Some(State {
+                rotated: Rotated::new(path.clone(), max_files, max_age, compression),
                 path,
                 file: None,
                 size: 0,
                 batch_start: 0,
+                first_line: None,
+                fresh: false,
                 max_size,
-                max_files,
+                rotate_every,
+                expired_at: None,
             }),
             encoding,
             hangups,
@@ -79,39 +121,56 @@ impl State {
                 .append(true)
                 .mode(0o640)
                 .open(&self.path)?;
-            self.size = file.metadata()?.len();
+            let metadata = file.metadata()?;
+            self.size = metadata.len();
+            self.fresh = self.size == 0;
+            // A file system that keeps no creation time: its age counts from now.
+            self.first_line =
+                (self.size > 0).then(|| metadata.created().unwrap_or_else(|_| SystemTime::now()));
             self.file = Some(file);
         }
         Ok(self.file.as_mut().expect("opened above"))
     }
 
-    fn rotated(&self, n: usize) -> PathBuf {
-        let mut name = self.path.clone().into_os_string();
-        name.push(format!(".{n}"));
-        PathBuf::from(name)
-    }
-
-    /// `path.N-1` → `path.N` … `path` → `path.1`; the oldest beyond `max_files` is removed.
+    /// Syncs and closes the live file, shifts it to `.1`, and opens a new one.
     fn rotate(&mut self) -> io::Result<()> {
         if let Some(file) = self.file.take() {
             file.sync_all()?;
         }
-        let _ = fs::remove_file(self.rotated(self.max_files));
-        for n in (1..self.max_files).rev() {
-            match fs::rename(self.rotated(n), self.rotated(n + 1)) {
-                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
-                _ => {}
-            }
-        }
-        fs::rename(&self.path, self.rotated(1))?;
-        sync_dir(&self.path)?;
+        self.rotated.shift()?;
+        self.expired_at = Some(Instant::now());
         self.open()?;
         // What the batch wrote before is whole and synced in the rotated file.
         self.batch_start = 0;
         Ok(())
     }
 
+    /// Whether `bytes` more must go to a new file: past `max_size`, or the first line too old.
+    fn due(&self, bytes: u64) -> bool {
+        if self.size == 0 {
+            return false;
+        }
+        let too_big = self.max_size.is_some_and(|max| self.size + bytes > max);
+        let too_old = match (self.rotate_every, self.first_line) {
+            (Some(every), Some(first)) => first.elapsed().unwrap_or_default() >= every,
+            _ => false,
+        };
+        too_big || too_old
+    }
+
     fn write(&mut self, lines: &[String]) -> io::Result<()> {
+        if self
+            .expired_at
+            .is_none_or(|at| at.elapsed() >= EXPIRE_EVERY)
+        {
+            // Also tidies what a crash left, at the first batch.
+            if self.expired_at.is_none() {
+                self.rotated.recover()?;
+            } else {
+                self.rotated.expire()?;
+            }
+            self.expired_at = Some(Instant::now());
+        }
         self.open()?;
         self.batch_start = self.size;
         let result = self.write_lines(lines);
@@ -131,30 +190,23 @@ impl State {
     fn write_lines(&mut self, lines: &[String]) -> io::Result<()> {
         for line in lines {
             let bytes = line.len() as u64 + 1;
-            if let Some(max) = self.max_size
-                && self.size > 0
-                && self.size + bytes > max
-            {
+            if self.due(bytes) {
                 self.rotate()?;
+            }
+            if self.size == 0 {
+                self.first_line = Some(SystemTime::now());
             }
             let file = self.open()?;
             file.write_all(line.as_bytes())?;
             file.write_all(b"\n")?;
             self.size += bytes;
         }
-        let created = self.size == lines.iter().map(|l| l.len() as u64 + 1).sum::<u64>();
         self.open()?.sync_data()?;
-        if created {
+        if std::mem::take(&mut self.fresh) {
+            // A new file: its name is durable once the directory is synced.
             sync_dir(&self.path)?;
         }
         Ok(())
-    }
-}
-
-fn sync_dir(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
     }
 }
 
