@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch of `audit`.
 
+mod export;
 mod filter;
 mod health;
 mod output;
@@ -105,6 +106,7 @@ enum Command {
     Query(query::QueryArgs),
     Record(record::RecordArgs),
     Health(health::HealthArgs),
+    Export(export::ExportArgs),
     Verify(verify::VerifyArgs),
     Checkpoint(verify::CheckpointArgs),
     Key(verify::KeyArgs),
@@ -169,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => query::run(connect().await?, args, color).await,
         Command::Record(args) => record::run(connect().await?, args).await,
         Command::Health(args) => health::run(connect().await?, args).await,
+        Command::Export(args) => export::run(connect().await?, args).await,
         Command::Verify(args) => verify::run(connect, args).await,
         Command::Checkpoint(args) => verify::checkpoint(connect().await?, args).await,
         Command::Key(args) => verify::key(connect, args).await,
