@@ -97,7 +97,12 @@ pub async fn run(client: Client, args: ExportArgs) -> anyhow::Result<ExitCode> {
         format: archive::FORMAT.into(),
         version: archive::VERSION,
         created: prost_types::Timestamp::from(std::time::SystemTime::now()).to_string(),
-        key: key.to_text().rsplitn(2, '+').nth(1).unwrap_or_default().into(),
+        key: key
+            .to_text()
+            .splitn(3, '+')
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("+"),
         checkpoint: note,
         filter: serde_json::from_str(&json::to_json(&filter)?)?,
         proof: if filtered {
@@ -113,7 +118,9 @@ pub async fn run(client: Client, args: ExportArgs) -> anyhow::Result<ExitCode> {
         progress: progress_bar(),
     };
     let trailer = if filtered {
-        pinned.export_filtered(&args.output, manifest, filter, key).await?
+        pinned
+            .export_filtered(&args.output, manifest, filter, key)
+            .await?
     } else {
         let first = args.from_sequence.unwrap_or(1);
         let last = args.to_sequence.unwrap_or(pinned.checkpoint.size);
@@ -320,10 +327,9 @@ impl Pinned {
         let mut all = self.client.query(pb::Filter::default(), options);
         let mut leaf = 0u64;
         while leaf < size {
-            let entry = all
-                .next()
-                .await
-                .with_context(|| format!("the log ended at entry {leaf}, before the checkpoint"))??;
+            let entry = all.next().await.with_context(|| {
+                format!("the log ended at entry {leaf}, before the checkpoint")
+            })??;
             ensure!(
                 entry.sequence == leaf + 1,
                 "the server sent entry {} where entry {} was due",

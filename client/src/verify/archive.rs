@@ -330,7 +330,10 @@ impl ArchiveChecker {
                     .ok()
                     .and_then(|bytes| Hash::try_from(bytes).ok())
                     .ok_or_else(|| {
-                        self.problem(sequence, format!("{what} holds {text:?}, not a base64 hash"))
+                        self.problem(
+                            sequence,
+                            format!("{what} holds {text:?}, not a base64 hash"),
+                        )
                     })
             })
             .collect()
@@ -383,15 +386,17 @@ impl ArchiveChecker {
                     return Err(self.problem(
                         at,
                         format!(
-                            "entry {expected} is missing (the next line holds entry {sequence}): \
-                             an entry was removed"
+                            "entry {expected} is due here but the line holds entry {sequence}: \
+                             an entry was removed or moved"
                         ),
                     ));
                 }
                 let stored: Hash = entry.entry_hash.as_slice().try_into().expect("checked");
-                let chain: Hash = entry.chain_hash.as_slice().try_into().map_err(|_| {
-                    self.problem(at, "its chain hash is not 32 bytes")
-                })?;
+                let chain: Hash = entry
+                    .chain_hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| self.problem(at, "its chain hash is not 32 bytes"))?;
                 if let Some(previous) = self.chain
                     && chain_hash(&previous, &stored) != chain
                 {
@@ -440,7 +445,7 @@ impl ArchiveChecker {
                     None,
                     format!(
                         "the range {} to {} has {expected} entries but the archive holds {}: \
-                         entries were removed",
+                         entries were removed or added",
                         range.first, range.last, self.entries
                     ),
                 ));
