@@ -130,7 +130,7 @@ fn entries(lines: &[String]) -> Vec<pb::AuditEntry> {
 
 #[tokio::test]
 async fn archives_verify_after_the_server_and_its_data_are_gone() {
-    let mut log = Log::start().await;
+    let log = Log::start().await;
     record(&log.server, 45).await;
     let before = all_entries(&log.server.client().await).await;
 
@@ -186,6 +186,19 @@ async fn archives_verify_after_the_server_and_its_data_are_gone() {
     stop.store(true, Ordering::Relaxed);
     assert!(writer.await.expect("writer") > 0);
 
+    let newest = log
+        .server
+        .client()
+        .await
+        .query_page(pb::QueryRequest {
+            page_size: 1,
+            order: pb::Order::Descending.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("query the head");
+    let head = newest.entries.first().map_or(0, |e| e.sequence);
+
     // Only the archives and the public key remain.
     let data_dir = log.server.data_dir.clone();
     assert!(log.server.stop().await.success());
@@ -218,6 +231,11 @@ async fn archives_verify_after_the_server_and_its_data_are_gone() {
     assert!(
         size >= 40,
         "pinned to a checkpoint at or after the recorded entries"
+    );
+    assert!(
+        head > size,
+        "entries {} to {head} came after the pinned checkpoint",
+        size + 1
     );
     let exported = entries(&all_lines);
     assert_eq!(exported.len() as u64, size);
