@@ -7,19 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail, ensure};
-use audit_client::verify::archive::{
-    self, ArchiveChecker, Manifest, ProofKind, RangeProof, Trailer,
-};
+use audit_client::verify::archive::{self, Manifest, ProofKind, RangeProof, Trailer};
 use audit_client::verify::{Checkpoint, Hash, PublicKey};
 use audit_client::{Client, QueryOptions, RetryPolicy, Start, json, pb};
 use audit_ledger::merkle::{self, Frontier};
 use clap::Args;
 use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use sha2::{Digest as _, Sha256};
 
 use super::filter::FilterArgs;
 use super::verify::read_public_key;
+use writer::{ArchiveWriter, Removed, entry_json, sibling, with_proof};
+
+mod writer;
 
 /// A filtered export with at most this many entries asks the server for each inclusion proof
 /// (each costs the server a read of the whole tree's hashes); more are computed here in one
@@ -216,22 +216,13 @@ impl Pinned {
         }
         let size = self.checkpoint.size;
         let proof = self.client.inclusion_proof(before + 1, size).await?;
-        let hashes = hashes(&proof.hashes)?;
-        let ranges = merkle::inclusion_ranges(before, size);
-        ensure!(
-            ranges.len() == hashes.len(),
-            "the server's inclusion proof of entry {} has {} hashes, not {}",
-            before + 1,
-            hashes.len(),
-            ranges.len()
-        );
-        let mut left: Vec<_> = ranges
-            .into_iter()
-            .zip(hashes)
-            .filter(|(range, _)| range.end <= before)
-            .collect();
-        left.sort_by_key(|(range, _)| range.start);
-        Ok(left.into_iter().map(|(_, hash)| hash).collect())
+        archive::left_edge(before, size, &hashes(&proof.hashes)?).with_context(|| {
+            format!(
+                "the server's inclusion proof of entry {} has {} hashes, not one per level",
+                before + 1,
+                proof.hashes.len()
+            )
+        })
     }
 
     /// The consistency proof from `last` entries to the checkpoint.
@@ -380,30 +371,6 @@ impl Proofs {
     }
 }
 
-/// `{"entry": ...}` for `entry`, refusing an entry that proto3 JSON does not carry unchanged
-/// (its hash could not be recomputed from the archive).
-fn entry_json(entry: &pb::AuditEntry) -> anyhow::Result<String> {
-    let text = json::to_json(entry)?;
-    let parsed: pb::AuditEntry = json::from_json(&text)?;
-    ensure!(
-        parsed == *entry,
-        "entry {} does not survive proto3 JSON unchanged, so it cannot be archived",
-        entry.sequence
-    );
-    Ok(format!("{{\"entry\":{text}}}"))
-}
-
-/// `line` (from [`entry_json`]) with `"proof": [...]` added.
-fn with_proof(line: &str, proof: &[Hash]) -> anyhow::Result<String> {
-    let object = line
-        .strip_suffix('}')
-        .context("a spooled entry line is not a JSON object")?;
-    Ok(format!(
-        "{object},\"proof\":{}}}",
-        serde_json::to_string(&archive::encode_hashes(proof))?
-    ))
-}
-
 fn hashes(raw: &[Vec<u8>]) -> anyhow::Result<Vec<Hash>> {
     raw.iter()
         .map(|h| {
@@ -412,123 +379,4 @@ fn hashes(raw: &[Vec<u8>]) -> anyhow::Result<Vec<Hash>> {
                 .context("the server sent a proof hash that is not 32 bytes")
         })
         .collect()
-}
-
-/// `.<name>.<what>` beside `path`.
-fn sibling(path: &Path, what: &str) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.{what}"))
-}
-
-/// A file removed when dropped (unless renamed away first).
-struct Removed(PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Where archive lines go: a file, compressed or not.
-enum Sink {
-    Plain(BufWriter<File>),
-    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
-}
-
-/// Writes an archive to a partial file beside the output, checking every line as the
-/// verifier will, and renames it into place only once it is complete and verifies.
-struct ArchiveWriter {
-    sink: Sink,
-    checker: ArchiveChecker,
-    digest: Sha256,
-    entries: u64,
-    first: u64,
-    last: u64,
-    partial: Removed,
-    output: PathBuf,
-}
-
-impl ArchiveWriter {
-    fn create(output: &Path, key: PublicKey) -> anyhow::Result<Self> {
-        let partial = Removed(sibling(output, "partial"));
-        let file = File::create(&partial.0)
-            .with_context(|| format!("cannot create {}", partial.0.display()))?;
-        let file = BufWriter::new(file);
-        let sink = if output.extension().is_some_and(|e| e == "zst") {
-            Sink::Zstd(zstd::stream::write::Encoder::new(file, 0)?)
-        } else {
-            Sink::Plain(file)
-        };
-        Ok(Self {
-            sink,
-            checker: ArchiveChecker::new(key),
-            digest: Sha256::new(),
-            entries: 0,
-            first: 0,
-            last: 0,
-            partial,
-            output: output.to_path_buf(),
-        })
-    }
-
-    fn line(&mut self, text: &str) -> anyhow::Result<()> {
-        self.checker
-            .line(text)
-            .map_err(|p| anyhow::anyhow!("the server's data does not verify: {p}"))?;
-        self.digest.update(text.as_bytes());
-        self.digest.update(b"\n");
-        let out: &mut dyn std::io::Write = match &mut self.sink {
-            Sink::Plain(out) => out,
-            Sink::Zstd(out) => out,
-        };
-        out.write_all(text.as_bytes())?;
-        out.write_all(b"\n")?;
-        Ok(())
-    }
-
-    /// Writes `entry`, with its inclusion proof in an `inclusion` archive.
-    fn entry(&mut self, entry: &pb::AuditEntry) -> anyhow::Result<()> {
-        self.entry_line(&entry_json(entry)?, entry.sequence)
-    }
-
-    /// Writes an entry line made by [`entry_json`] (perhaps [`with_proof`]).
-    fn entry_line(&mut self, line: &str, sequence: u64) -> anyhow::Result<()> {
-        self.line(line)?;
-        if self.entries == 0 {
-            self.first = sequence;
-        }
-        self.entries += 1;
-        self.last = sequence;
-        Ok(())
-    }
-
-    fn finish(mut self) -> anyhow::Result<Trailer> {
-        let trailer = Trailer {
-            entries: self.entries,
-            first_sequence: self.first,
-            last_sequence: self.last,
-            lines_sha256: archive::digest_text(&self.digest.clone().finalize()),
-        };
-        let line = serde_json::json!({ "trailer": trailer }).to_string();
-        self.line(&line)?;
-        let Self {
-            sink,
-            checker,
-            partial,
-            output,
-            ..
-        } = self;
-        checker
-            .finish()
-            .map_err(|p| anyhow::anyhow!("the archive does not verify: {p}"))?;
-        let file = match sink {
-            Sink::Plain(out) => out,
-            Sink::Zstd(out) => out.finish()?,
-        };
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&partial.0, &output)
-            .with_context(|| format!("cannot create {}", output.display()))?;
-        Ok(trailer)
-    }
 }
