@@ -628,3 +628,40 @@ async fn bad_flags_get_clear_errors() {
         "--archive and --data-dir conflict"
     );
 }
+
+#[tokio::test]
+async fn a_terminal_gets_a_progress_bar() {
+    let log = Log::start().await;
+    record(&log.server, 30).await;
+    let archive = log.path("tty.jsonl");
+    // `script` runs the export on a pseudo-terminal (util-linux).
+    let command = format!(
+        "{} --server {} export --output {archive} --source kms",
+        binary("audit").display(),
+        log.server.uri()
+    );
+    let run = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let output = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("export finished in time")
+        .expect("run `script` (util-linux) to get a terminal");
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("selecting entries"),
+        "a progress bar: {text:?}"
+    );
+    assert!(text.contains("exported 15 entries"), "{text:?}");
+    let output = audit(&[
+        "verify",
+        "--archive",
+        &archive,
+        "--public-key",
+        &log.key_file,
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}

@@ -147,7 +147,7 @@ fn progress_bar() -> ProgressBar {
     }
     let bar = ProgressBar::new(0);
     if let Ok(style) =
-        ProgressStyle::with_template("{msg:24} [{bar:40}] {pos}/{len} entries ({per_sec}, {eta})")
+        ProgressStyle::with_template("{msg:18} [{wide_bar}] {pos}/{len} ({per_sec}, {eta})")
     {
         bar.set_style(style.progress_chars("=> "));
     }
