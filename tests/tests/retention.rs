@@ -197,6 +197,30 @@ async fn pruned_entries_are_gone_and_the_log_still_verifies_online_and_offline()
         "{text}"
     );
 
+    // An export starts at the oldest kept entry and verifies on its own.
+    let archive = tempfile::tempdir().unwrap();
+    let file = archive.path().join("kept.jsonl");
+    let export = tokio::process::Command::new(binary("audit"))
+        .args(["--server", &server.uri(), "export", "--output"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("audit export");
+    assert!(export.status.success(), "{export:?}");
+    let check = tokio::process::Command::new(binary("audit"))
+        .args(["verify", "--archive"])
+        .arg(&file)
+        .args(["--public-key", &key.to_text()])
+        .output()
+        .await
+        .expect("audit verify --archive");
+    assert!(check.status.success(), "{check:?}");
+    let exported = String::from_utf8_lossy(&export.stdout);
+    assert!(
+        exported.contains(&format!("({} to ", horizon + 1)),
+        "{exported}"
+    );
+
     // A restart verifies the pruned log and goes on from it.
     server = server.restart().await;
     let client = server.client().await;

@@ -1,8 +1,9 @@
 //! Command-line parsing and dispatch of `audit`.
 
+mod export;
 mod filter;
-mod hash;
 mod forwarders;
+mod hash;
 mod health;
 mod output;
 mod query;
@@ -108,6 +109,7 @@ enum Command {
     Record(record::RecordArgs),
     Health(health::HealthArgs),
     Hash(hash::HashArgs),
+    Export(export::ExportArgs),
     Verify(verify::VerifyArgs),
     Checkpoint(verify::CheckpointArgs),
     Key(verify::KeyArgs),
@@ -174,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Record(args) => record::run(connect().await?, args).await,
         Command::Health(args) => health::run(connect().await?, args).await,
         Command::Hash(args) => hash::run(connect().await?, args).await,
+        Command::Export(args) => export::run(connect().await?, args).await,
         Command::Verify(args) => verify::run(connect, args).await,
         Command::Checkpoint(args) => verify::checkpoint(connect().await?, args).await,
         Command::Key(args) => verify::key(connect, args).await,

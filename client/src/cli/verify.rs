@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use audit_client::Client;
+use audit_client::verify::archive::ProofKind;
 use audit_client::verify::{self, KeySource, PublicKey, Report, Trust};
 use clap::Args;
 
@@ -20,6 +21,9 @@ const TAMPERED: u8 = 3;
 /// asks the running server at `--server`. Prints `OK` with counts, or `TAMPERED` with the first
 /// bad sequence and what is wrong.
 ///
+/// With `--archive FILE --public-key KEY`, verifies an archive written by `audit export`
+/// offline: nothing but the file and the key is needed.
+///
 /// Exit status: 0 intact, 3 tampered, 1 when verification could not run.
 ///
 /// Give the public key from a trusted copy (`audit key` printed it when the server was set up):
@@ -28,6 +32,10 @@ const TAMPERED: u8 = 3;
 /// FILE`) to catch a store rolled back to an older copy.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// An archive written by `audit export` to verify offline, with `--public-key`, instead of
+    /// asking `--server`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data_dir", "store", "checkpoint", "checkpoint_dir"])]
+    archive: Option<PathBuf>,
     /// Data directory of a stopped server to verify offline, instead of asking `--server`.
     #[arg(long, value_name = "DIR", conflicts_with = "store")]
     data_dir: Option<PathBuf>,
@@ -74,6 +82,12 @@ pub async fn run(
         .as_deref()
         .map(read_public_key)
         .transpose()?;
+    if let Some(path) = &args.archive {
+        let key = public_key.context(
+            "--archive needs --public-key: an archive holds no key that could be trusted",
+        )?;
+        return verify_archive(path, &key);
+    }
     let mut paths = args.checkpoint.clone();
     if let Some(dir) = &args.checkpoint_dir {
         let listing = std::fs::read_dir(dir)
@@ -108,6 +122,48 @@ pub async fn run(
         (None, None) => verify::verify_server(&connect().await?, &trust).await?,
     };
     print_report(&report, started.elapsed())
+}
+
+/// Verifies an archive offline and prints the verdict.
+fn verify_archive(path: &std::path::Path, key: &PublicKey) -> anyhow::Result<ExitCode> {
+    let report = verify::archive::verify_archive(path, key)?;
+    let mut out = std::io::stdout().lock();
+    let name = path.display();
+    match report {
+        Ok(summary) => {
+            let proof = match summary.manifest.proof {
+                ProofKind::Range => "one range proof",
+                ProofKind::Inclusion => "an inclusion proof each",
+            };
+            let trailer = &summary.trailer;
+            write_line(
+                &mut out,
+                &format!(
+                    "OK: archive {name}: {} entries ({} to {}) verified with {proof} against the \
+                     checkpoint of size {} of log {} signed by {}; filter {}",
+                    trailer.entries,
+                    trailer.first_sequence,
+                    trailer.last_sequence,
+                    summary.checkpoint.size,
+                    summary.checkpoint.origin,
+                    key.name(),
+                    summary.manifest.filter
+                ),
+            )?;
+            if summary.manifest.proof == ProofKind::Inclusion {
+                write_line(
+                    &mut out,
+                    "note: a filtered archive proves that each entry it holds is in the log; \
+                     that it holds every matching entry rests on its trailer",
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problem) => {
+            write_line(&mut out, &format!("TAMPERED: archive {name}: {problem}"))?;
+            Ok(ExitCode::from(TAMPERED))
+        }
+    }
 }
 
 fn print_report(report: &Report, elapsed: std::time::Duration) -> anyhow::Result<ExitCode> {
@@ -220,7 +276,7 @@ pub async fn key(
 }
 
 /// A public key given inline, or the path of a file holding one.
-fn read_public_key(text: &str) -> anyhow::Result<PublicKey> {
+pub(super) fn read_public_key(text: &str) -> anyhow::Result<PublicKey> {
     if let Ok(key) = PublicKey::from_text(text) {
         return Ok(key);
     }

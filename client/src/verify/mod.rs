@@ -3,6 +3,8 @@
 //! - [`verify_data_dir`] reads a stopped server's data directory (the SQLite file, read-only);
 //!   [`verify_server`] reads a running server through `Query` and `ListCheckpoints`. Both feed
 //!   a [`Verifier`] and return a [`Report`] naming the first bad sequence, if any.
+//! - [`archive`]: self-verifying archives written by `audit export`, checked offline with
+//!   [`archive::verify_archive`].
 //! - [`check_inclusion`] and [`check_consistency`] check a receipt or an earlier checkpoint
 //!   against the server's newest checkpoint with RFC 6962 proofs, without reading the log.
 //!
@@ -15,6 +17,7 @@
 //! older copy, with its checkpoints, is only caught with a newer checkpoint kept elsewhere
 //! ([`Trust::checkpoints`], e.g. the server's `--checkpoint-copy` directory).
 
+pub mod archive;
 #[cfg(feature = "offline")]
 mod offline;
 #[cfg(feature = "offline")]
