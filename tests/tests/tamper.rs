@@ -755,6 +755,7 @@ async fn a_version_1_store_is_migrated_and_hashed() {
              ALTER TABLE entries DROP COLUMN chain_hash;
              DROP TABLE checkpoints;
              DROP TABLE cursors;
+             DROP TABLE pruned;
              PRAGMA user_version = 1;",
         )
         .unwrap();

@@ -172,3 +172,23 @@ async fn a_version_2_store_opens_migrated_with_its_log_intact() {
         .unwrap();
     assert_eq!(version, audit_ledger::sqlite::SCHEMA_VERSION);
 }
+
+#[tokio::test]
+async fn a_version_3_store_opens_migrated_and_can_be_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 6).await;
+    // As a store of schema version 3 was: no pruned table.
+    Connection::open(dir.path().join("audit.db"))
+        .unwrap()
+        .execute_batch("DROP TABLE pruned; PRAGMA user_version = 3;")
+        .unwrap();
+    let store = open_log(dir.path(), 4, 64 << 20);
+    assert!(*store.writable().borrow(), "verified and writable");
+    assert_eq!(store.pruned_through(), 0);
+    let signed = store.checkpoint(None).await.unwrap().unwrap().size;
+    let step = store.prune(signed, 100).await.expect("prune");
+    assert_eq!((step.horizon, step.moved), (signed, signed as usize));
+    store.close().await;
+    let db = Connection::open(dir.path().join("audit.db")).unwrap();
+    assert_eq!(audit_ledger::sqlite::check_schema(&db), Ok(()));
+}
