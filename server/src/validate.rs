@@ -290,6 +290,18 @@ pub fn filter(filter: &Filter, path: &str, limits: &Limits) -> Result<(), Vec<Vi
     v.text("event", &filter.event, false);
     v.text("category", &filter.category, false);
     v.text("resource", &filter.resource, false);
+    // The fields matched by pattern: a `*` before the end is a mistake, not a match for nothing.
+    for (field, value) in [
+        ("method", &filter.method),
+        ("spiffe_id", &filter.spiffe_id),
+        ("resource", &filter.resource),
+    ] {
+        if !value.is_empty()
+            && let Err(error) = audit_format::Pattern::parse(value)
+        {
+            v.fail(field, error.to_string());
+        }
+    }
     for (i, outcome) in filter.outcomes.iter().enumerate() {
         if !matches!(
             Outcome::try_from(*outcome),
@@ -765,6 +777,24 @@ mod tests {
                 "filter.status_codes[0]",
                 "filter.end_time"
             ]
+        );
+    }
+
+    #[test]
+    fn filter_patterns_are_checked() {
+        let bad = Filter {
+            method: "/pkg.*/Get".into(),
+            spiffe_id: "spiffe://prod/*".into(),
+            resource: "keys/*/x".into(),
+            ..Default::default()
+        };
+        let violations = filter(&bad, "filter", &Limits::default()).unwrap_err();
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["filter.method", "filter.resource"]);
+        assert!(
+            violations[0]
+                .description
+                .contains("only allowed as the last character")
         );
     }
 

@@ -388,3 +388,38 @@ async fn the_redaction_hook_sees_every_entry_before_it_is_queued() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_servers_redaction_rules_applied_in_the_layer_give_the_servers_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k1.key");
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let key_arg = format!("k1={}", key.display());
+    let audit_server = TestServer::start_with_args(&[
+        "--redact",
+        "caller.principal",
+        "--redaction-key-file",
+        &key_arg,
+    ])
+    .await;
+    let audit = audit_server.client().await;
+    let recorder = recorder(&audit);
+    // The same rules and key in the service: the principal never leaves it in clear.
+    let redactor = audit_redact::Redactor::new(
+        audit_redact::RedactionRules::parse(&["caller.principal".to_string()]).unwrap(),
+        vec![audit_redact::RedactionKey::load(&key_arg).unwrap()],
+        None,
+    )
+    .unwrap();
+    let host = Host::start(audit_layer(recorder.clone()).redact(redactor)).await;
+    let mut keystore = host.keystore().await;
+    keystore.create_key(create("k", "alice")).await.unwrap();
+    flush(&recorder).await;
+    let entries = entries(&audit).await;
+    assert_eq!(entries.len(), 1);
+    let principal = &entries[0].caller.as_ref().unwrap().principal;
+    // Hashed once, in the service, exactly as the server hashes a known value.
+    let expected = audit.hash_value("alice", "").await.unwrap().hash;
+    assert_eq!(principal, &expected);
+    assert!(principal.starts_with("hmac-sha256:k1:"), "{principal}");
+}

@@ -129,6 +129,14 @@ pub trait Redact: Send + Sync + 'static {
     fn redact(&self, entry: &mut pb::AuditEntry);
 }
 
+/// The server's redaction rules and keys, applied in the service before its entries leave it
+/// (the same rules give the same `hmac-sha256:KEYID:...` values as the audit server's).
+impl Redact for audit_redact::Redactor {
+    fn redact(&self, entry: &mut pb::AuditEntry) {
+        audit_redact::Redactor::redact(self, entry);
+    }
+}
+
 impl<F> Redact for F
 where
     F: Fn(&mut pb::AuditEntry) + Send + Sync + 'static,
