@@ -141,7 +141,9 @@ async fn forwarders_show_their_state_lag_and_last_error() {
     assert_eq!(names, ["flaky", "strict", "file"], "configuration order");
 
     let flaky_status = named(&forwarders, "flaky");
-    assert_eq!(flaky_status.destination, flaky_url);
+    // The path is left out: some receivers take their token in it.
+    let flaky_host = flaky_url.strip_suffix("/hook").unwrap();
+    assert_eq!(flaky_status.destination, format!("{flaky_host}/…"));
     assert!(!flaky_status.destination.contains("s3cret"));
     assert_eq!(flaky_status.format, "logstash");
     assert_eq!((flaky_status.position, flaky_status.lag_entries), (0, 5));
