@@ -397,6 +397,32 @@ async fn a_forwarder_holds_retention_back_until_it_delivered() {
         "delivered before pruning"
     );
     assert!(server.stop().await.success());
+
+    // A forwarder added after pruning starts at the oldest entry kept.
+    let late_out = dir.path().join("late.log");
+    let late = format!("late=file://{}?format=json", late_out.display());
+    let mut with_late: Vec<&str> = args.clone();
+    with_late.extend(["--forward", &working, "--forward", &late]);
+    let server = TestServer::start_in(&data, &with_late).await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let lines = loop {
+        let text = std::fs::read_to_string(&late_out).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|line| line.contains("\"sequence\""))
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        if lines.len() >= 10 {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "late forwarder: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lines[0]["sequence"], "41", "{}", lines[0]);
+    assert!(server.stop().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -230,6 +230,22 @@ impl<S: Store, K: Sink> Cursor<S, K> {
                 return stop;
             }
         }
+        let pruned = self.store.pruned_through();
+        if self.position < pruned {
+            // Entries it never delivered were pruned: a forwarder added (or brought back) after
+            // retention passed its position. They are gone; it goes on from the oldest kept.
+            tracing::warn!(
+                forwarder = %self.name,
+                position = self.position,
+                pruned,
+                "entries this forwarder has not delivered were removed by retention; it starts \
+                 after them"
+            );
+            self.position = pruned;
+            if let Err(stop) = self.save().await {
+                return stop;
+            }
+        }
         let mut newest_checkpoint = self.checkpoint_index;
         let mut next_poll = Instant::now();
         let mut last_lag_log = Instant::now();
