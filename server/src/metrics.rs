@@ -258,6 +258,12 @@ impl Collector for Live {
         )?;
         encode_one(
             &mut encoder,
+            "audit_log_pruned_through",
+            "Retention's horizon: entries up to this sequence were pruned (0: none)",
+            &ConstGauge::new(sources.store.pruned_through() as i64),
+        )?;
+        encode_one(
+            &mut encoder,
             "audit_store_writable",
             "1 while the store accepts writes, 0 while it refuses them",
             &ConstGauge::new(i64::from(writable)),

@@ -120,6 +120,7 @@ async fn the_text_output_counts_commits_entries_requests_and_reads_gauges() {
     // Checkpoints (every 3 entries) rode on the commits up to 3 and up to 100, not on 5.
     assert_eq!(value("audit_checkpoints_signed_total"), 2.0);
     assert_eq!(value("audit_log_sequence"), 100.0);
+    assert_eq!(value("audit_log_pruned_through"), 0.0);
     assert_eq!(value("audit_store_writable"), 1.0);
     assert_eq!(value("audit_write_queue_bytes"), 0.0);
     assert_eq!(value("audit_subscribers"), 1.0);
