@@ -246,6 +246,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .await?;
             }
         }
+        // The same batches while retention prunes all the time: what pruning costs writers.
+        let key = format!("audit-retain batch 100 {size_name}");
+        bench
+            .served(
+                "audit-retain",
+                key,
+                Work::Batch { batch: 100 },
+                &factory,
+                plan.timing,
+            )
+            .await?;
         for batch in [1].into_iter().chain(BATCHES) {
             let key = if batch == 1 {
                 format!("sqlite commit per entry {size_name}")
@@ -408,7 +419,7 @@ impl Bench {
         if system == "noop" {
             ServerProcess::start(&self.noop_bin, &["--serve-noop".to_string()], log).await
         } else {
-            let args = [
+            let mut args = vec![
                 "--listen".to_string(),
                 "127.0.0.1:0".to_string(),
                 "--data-dir".to_string(),
@@ -416,6 +427,13 @@ impl Bench {
                 "--log".to_string(),
                 "warn".to_string(),
             ];
+            if system == "audit-retain" {
+                // Keeps the newest 10,000 entries: once past them, every round prunes.
+                args.extend(
+                    ["--retain-entries", "10000", "--retention-interval", "100ms"]
+                        .map(String::from),
+                );
+            }
             ServerProcess::start(&self.server_bin, &args, log).await
         }
     }

@@ -156,6 +156,13 @@ impl Report {
             );
         }
         for size in sizes {
+            push(
+                &mut ratios,
+                format!("batch 100 {size} while retention prunes / without"),
+                &format!("audit-retain batch 100 {size}"),
+                &format!("audit batch 100 {size}"),
+                None,
+            );
             for (ours, peer) in [
                 (
                     format!("audit batch 100 {size}"),
