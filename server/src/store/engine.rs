@@ -292,22 +292,31 @@ impl Log {
             lease_ms: super::CURSOR_LEASE.as_millis() as i64,
             release,
         };
+        let (claim, claimed) = oneshot::channel();
+        self.queue_bookkeeping(Some((write, claim)), None)?;
+        claimed.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Queues a job without entries (a cursor write or a retention step) with the next group.
+    fn queue_bookkeeping(
+        &self,
+        cursor: Option<(CursorWrite, oneshot::Sender<Result<CursorClaim, Error>>)>,
+        prune: Option<PruneRequest>,
+    ) -> Result<(), Error> {
         let pending = self
             .inner
             .pending_bytes
             .clone()
             .try_acquire_many_owned(queued_bytes(&[]) as u32)
             .map_err(|_| Error::Overloaded("write queue is full; retry later".into()))?;
-        let (claim, claimed) = oneshot::channel();
         let (reply, _) = oneshot::channel();
         self.queue(WriteJob {
             entries: Vec::new(),
-            cursor: Some((write, claim)),
-            prune: None,
+            cursor,
+            prune,
             reply,
             _pending: pending,
-        })?;
-        claimed.await.map_err(|_| Error::ShuttingDown)?
+        })
     }
 
     /// Runs `work` on a pooled read connection.
@@ -503,25 +512,13 @@ impl Store for Log {
         let through = self
             .with_reader(move |r| r.checkpoint_size_at_most(through))
             .await?;
-        let pending = self
-            .inner
-            .pending_bytes
-            .clone()
-            .try_acquire_many_owned(queued_bytes(&[]) as u32)
-            .map_err(|_| Error::Overloaded("write queue is full; retry later".into()))?;
         let (step, stepped) = oneshot::channel();
-        let (reply, _) = oneshot::channel();
-        self.queue(WriteJob {
-            entries: Vec::new(),
-            cursor: None,
-            prune: Some(PruneRequest {
-                through,
-                rows: rows.max(1),
-                reply: step,
-            }),
-            reply,
-            _pending: pending,
-        })?;
+        let request = PruneRequest {
+            through,
+            rows: rows.max(1),
+            reply: step,
+        };
+        self.queue_bookkeeping(None, Some(request))?;
         stepped.await.map_err(|_| Error::ShuttingDown)?
     }
 
