@@ -25,6 +25,37 @@ pub use private_postgres::{PrivatePostgres, Shutdown};
 /// How long a server may take to start or stop before a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// `audit --server <uri> ARGS…` with stdin from `stdin` (or nothing), run to completion within
+/// [`PATIENCE`]. Colour is left at `auto`: stdout is a pipe, so there is none.
+pub async fn audit_cli(uri: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(binary("audit"))
+        .arg("--server")
+        .arg(uri)
+        .args(args)
+        .env_remove("AUDIT_SERVER")
+        .env_remove("RUST_LOG")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start audit");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(text.as_bytes()).await.expect("write stdin");
+        drop(pipe);
+    }
+    tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("audit {args:?} did not finish in time"))
+        .expect("run audit")
+}
+
 /// Path of a binary built from this workspace (`audit-server`, `audit`).
 pub fn binary(name: &str) -> PathBuf {
     let dir = match std::env::var_os("AUDIT_BIN_DIR") {

@@ -4,37 +4,12 @@ use std::process::{Output, Stdio};
 
 use audit_client::pb;
 use audit_tests::{PATIENCE, TestServer, all_entries, binary, entry};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-/// `audit --server <uri> ARGS…` with stdin from `stdin` (or nothing), run to completion within
-/// [`PATIENCE`]. Colour is left at `auto`: stdout is a pipe, so there is none.
+/// `audit --server URI ARGS…`, run to completion.
 async fn audit(uri: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(binary("audit"))
-        .arg("--server")
-        .arg(uri)
-        .args(args)
-        .env_remove("AUDIT_SERVER")
-        .env_remove("RUST_LOG")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start audit");
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(text.as_bytes()).await.expect("write stdin");
-        drop(pipe);
-    }
-    tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("audit {args:?} did not finish in time"))
-        .expect("run audit")
+    audit_tests::audit_cli(uri, args, stdin).await
 }
 
 fn stdout(output: &Output) -> String {

@@ -4,14 +4,11 @@
 //! admins only and audited; a retried id cannot be used to test a guess of a redacted value.
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use audit_client::{Client, Start, pb};
-use audit_tests::{
-    PATIENCE, TestServer, all_entries, binary, entry, query, start_failure, take_entries,
-};
+use audit_tests::{TestServer, all_entries, entry, query, start_failure, take_entries};
 use tempfile::TempDir;
-use tokio::process::Command;
 use tonic::Code;
 
 const PASSWORD: &str = "correct-horse-battery-staple-7f3e";
@@ -30,31 +27,7 @@ fn key_file(dir: &Path, id: &str, byte: u8) -> PathBuf {
 
 /// `audit --server URI ARGS…`, run to completion.
 async fn audit(uri: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    use tokio::io::AsyncWriteExt;
-    let mut child = Command::new(binary("audit"))
-        .arg("--server")
-        .arg(uri)
-        .args(args)
-        .env_remove("AUDIT_SERVER")
-        .env_remove("RUST_LOG")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start audit");
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(text.as_bytes()).await.unwrap();
-    }
-    tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .expect("audit finished in time")
-        .expect("run audit")
+    audit_tests::audit_cli(uri, args, stdin).await
 }
 
 /// The hash `audit hash` prints for `value`.
