@@ -6,6 +6,7 @@
 // Request literals end in `..Default::default()` so that they keep compiling as the proto grows.
 #![allow(clippy::needless_update)]
 
+mod append;
 mod fanout;
 mod load;
 mod noop;
@@ -15,7 +16,7 @@ mod replicas;
 mod report;
 mod storage;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -108,6 +109,9 @@ const BATCH_CONCURRENCY: usize = 1;
 const MAX_CONNECTIONS: usize = 4;
 /// Entries per second recorded on one replica while another delivers them.
 const PG_DELIVERY_RATE: u64 = 500;
+
+/// A storage baseline: appends batches of entries into a fresh directory for the given time.
+type Baseline = fn(&Path, &EntryFactory, usize, Timing) -> anyhow::Result<RunOutcome>;
 
 struct Plan {
     timing: Timing,
@@ -258,12 +262,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
             .await?;
         for batch in [1].into_iter().chain(BATCHES) {
-            let key = if batch == 1 {
-                format!("sqlite commit per entry {size_name}")
-            } else {
-                format!("sqlite batch {batch} {size_name}")
-            };
-            bench.storage(key, batch, &factory, plan.timing).await?;
+            for (system, baseline) in [
+                ("sqlite", storage::run as Baseline),
+                ("append", append::run as Baseline),
+            ] {
+                let key = if batch == 1 {
+                    format!("{system} commit per entry {size_name}")
+                } else {
+                    format!("{system} batch {batch} {size_name}")
+                };
+                bench
+                    .storage(key, system, baseline, batch, &factory, plan.timing)
+                    .await?;
+            }
         }
     }
 
@@ -487,9 +498,12 @@ impl Bench {
         Ok(())
     }
 
+    /// A storage baseline (`system` names it in the report), run on a blocking thread.
     async fn storage(
         &mut self,
         key: String,
+        system: &'static str,
+        baseline: Baseline,
         batch: usize,
         factory: &Arc<EntryFactory>,
         timing: Timing,
@@ -500,9 +514,8 @@ impl Bench {
         let dir = self.case_dir()?;
         let factory = factory.clone();
         let mut outcome =
-            tokio::task::spawn_blocking(move || storage::run(&dir, &factory, batch, timing))
-                .await??;
-        self.record(Case::new(key, "sqlite"), &mut outcome);
+            tokio::task::spawn_blocking(move || baseline(&dir, &factory, batch, timing)).await??;
+        self.record(Case::new(key, system), &mut outcome);
         Ok(())
     }
 

@@ -39,7 +39,7 @@ impl Latency {
 pub struct Case {
     /// Unique key, e.g. `audit record c=64 300B`.
     pub key: String,
-    /// What ran: `audit`, `noop`, `sqlite`, `postgres`.
+    /// What ran: `audit`, `noop`, `sqlite`, `append`, `postgres`.
     pub system: &'static str,
     /// Committed (or answered, for the no-op server) entries per second in the measured window.
     pub entries_per_sec: f64,
@@ -154,6 +154,23 @@ impl Report {
                 &sqlite,
                 None,
             );
+            if let Some(append) = append_counterpart(rest) {
+                push(
+                    &mut ratios,
+                    format!("{rest} / append ceiling"),
+                    &case.key,
+                    &append,
+                    None,
+                );
+                let lower = lower_of(&rate, &noop, &append);
+                push(
+                    &mut ratios,
+                    format!("{rest} / min(no-op, append) ({})", system_of(&lower)),
+                    &case.key,
+                    &lower,
+                    None,
+                );
+            }
         }
         for size in sizes {
             push(
@@ -197,22 +214,49 @@ impl Report {
             );
             // The lower ceiling of the two is the one that bounds us.
             let transport = format!("noop batch 100 {size}");
-            let storage = format!("sqlite batch 100 {size}");
-            let lower = match (rate(&transport), rate(&storage)) {
-                (Some(t), Some(s)) if s < t => storage,
-                (Some(_), _) => transport,
-                _ => storage,
-            };
+            let lower = lower_of(&rate, &transport, &format!("append batch 100 {size}"));
             push(
                 &mut targets,
                 format!(
-                    "RecordBatch(100) {size} vs lower ceiling ({})",
-                    lower.split(' ').next().unwrap_or("")
+                    "RecordBatch(100) {size} vs min(no-op, append ceiling) ({})",
+                    system_of(&lower)
                 ),
                 &format!("audit batch 100 {size}"),
                 &lower,
                 Some((0.8, true)),
             );
+            push(
+                &mut targets,
+                format!("RecordBatch(100) {size} vs no-op server (milestone)"),
+                &format!("audit batch 100 {size}"),
+                &transport,
+                Some((0.5, true)),
+            );
+            push(
+                &mut targets,
+                format!("Record c=1 {size} vs PostgreSQL one commit per entry c=1"),
+                &format!("audit record c=1 {size}"),
+                &format!("postgres per-entry c=1 {size}"),
+                Some((1.0, true)),
+            );
+            // Latency, not rate: p50 of one Record against one append + fdatasync.
+            if let (Some(ours), Some(ceiling)) = (
+                self.case(&format!("audit record c=1 {size}")),
+                self.case(&format!("append commit per entry {size}")),
+            ) && let (Some(ours_latency), Some(ceiling_latency)) =
+                (ours.latency, ceiling.latency)
+                && ceiling_latency.p50_ms > 0.0
+            {
+                let value = ours_latency.p50_ms / ceiling_latency.p50_ms;
+                targets.push(Ratio {
+                    name: format!("Record c=1 {size} p50 latency / append ceiling's commit p50"),
+                    ours: ours.key.clone(),
+                    baseline: ceiling.key.clone(),
+                    value,
+                    target: Some("<= 1.50".into()),
+                    met: Some(value <= 1.5),
+                });
+            }
             // The faster of PostgreSQL's one-commit-per-entry runs.
             let c1 = format!("postgres per-entry c=1 {size}");
             let c64 = format!("postgres per-entry c=64 {size}");
@@ -425,4 +469,30 @@ pub fn machine() -> BTreeMap<String, String> {
         read("/proc/loadavg").trim().to_string(),
     );
     info
+}
+
+/// The append-ceiling case for the workload of an audit case (`rest`: its key after `audit `):
+/// the same batch, or one commit per entry for a single unary caller. Concurrent unary callers
+/// have none: group commit puts several of them in one sync, so per-entry syncs bound nothing.
+fn append_counterpart(rest: &str) -> Option<String> {
+    if rest.starts_with("batch ") {
+        return Some(format!("append {rest}"));
+    }
+    rest.strip_prefix("record c=1 ")
+        .map(|size| format!("append commit per entry {size}"))
+}
+
+/// Of two baseline cases, the slower one (the one that bounds us); the first when the second
+/// did not run.
+fn lower_of(rate: &impl Fn(&str) -> Option<f64>, first: &str, second: &str) -> String {
+    match (rate(first), rate(second)) {
+        (Some(a), Some(b)) if b < a => second.to_string(),
+        (None, Some(_)) => second.to_string(),
+        _ => first.to_string(),
+    }
+}
+
+/// The system a case key names (its first word: `noop`, `append`, `sqlite`, ...).
+fn system_of(key: &str) -> &str {
+    key.split(' ').next().unwrap_or("")
 }
