@@ -14,6 +14,7 @@ mod postgres;
 mod process;
 mod replicas;
 mod report;
+mod scale;
 mod storage;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +92,12 @@ struct Args {
     #[arg(long, hide = true)]
     hold_stalled_uri: Option<String>,
 
+    /// Entries in the generated log of the scale cases (start-up, proofs, queries, disk bytes
+    /// and the offline verifier on a large log); 0 skips them. Default 10,000,000, or 10,000
+    /// with --quick.
+    #[arg(long)]
+    scale_entries: Option<u64>,
+
     /// Serve the no-op baseline server (used by the benchmark itself).
     #[arg(long, hide = true)]
     serve_noop: bool,
@@ -123,6 +130,8 @@ struct Plan {
     /// How long the sustained-write case writes.
     sustained: Duration,
     postgres_concurrency: Vec<usize>,
+    /// Entries of the scale cases' log.
+    scale_entries: u64,
 }
 
 impl Plan {
@@ -140,6 +149,7 @@ impl Plan {
                 stalled_subscribers: 100,
                 sustained: Duration::from_secs(1),
                 postgres_concurrency: vec![1, 8],
+                scale_entries: args.scale_entries.unwrap_or(10_000),
             }
         } else {
             Plan {
@@ -154,6 +164,7 @@ impl Plan {
                 stalled_subscribers: 1000,
                 sustained: Duration::from_secs(60),
                 postgres_concurrency: vec![1, 64],
+                scale_entries: args.scale_entries.unwrap_or(10_000_000),
             }
         }
     }
@@ -352,6 +363,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
     bench.idle(plan.idle_subscribers).await?;
     bench.sustained(plan.sustained, &factory).await?;
+    if plan.scale_entries > 0 {
+        bench.scale(plan.scale_entries, &factory).await?;
+    }
 
     let sizes: Vec<&str> = SIZES.iter().map(|(name, _)| *name).collect();
     bench.report.duration_secs = started.elapsed().as_secs_f64();

@@ -59,6 +59,40 @@ pub struct Case {
     pub errors: u64,
     /// Anything else worth keeping (achieved rate, deliveries, ...).
     pub notes: BTreeMap<String, f64>,
+    /// A target of its own (the scale cases), judged with the others.
+    #[serde(skip)]
+    pub bound: Option<Bound>,
+}
+
+/// A case's own target: a figure and the limit it must stay within.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    name: String,
+    value: f64,
+    limit: f64,
+    at_least: bool,
+}
+
+impl Bound {
+    /// `value` must not exceed `limit`.
+    pub fn at_most(name: String, value: f64, limit: f64) -> Self {
+        Bound {
+            name,
+            value,
+            limit,
+            at_least: false,
+        }
+    }
+
+    /// `value` must reach `limit`.
+    pub fn at_least(name: String, value: f64, limit: f64) -> Self {
+        Bound {
+            name,
+            value,
+            limit,
+            at_least: true,
+        }
+    }
 }
 
 impl Case {
@@ -75,6 +109,7 @@ impl Case {
             server_cpu_us_per_entry: None,
             errors: 0,
             notes: BTreeMap::new(),
+            bound: None,
         }
     }
 }
@@ -375,6 +410,27 @@ impl Report {
                 target: Some("<= 200 MiB".into()),
                 met: Some(rss <= 200.0),
             });
+        }
+        for case in &self.cases {
+            if let Some(bound) = &case.bound {
+                let met = if bound.at_least {
+                    bound.value >= bound.limit
+                } else {
+                    bound.value <= bound.limit
+                };
+                targets.push(Ratio {
+                    name: bound.name.clone(),
+                    ours: case.key.clone(),
+                    baseline: "-".into(),
+                    value: bound.value,
+                    target: Some(format!(
+                        "{} {}",
+                        if bound.at_least { ">=" } else { "<=" },
+                        bound.limit
+                    )),
+                    met: Some(met),
+                });
+            }
         }
         self.ratios = ratios;
         self.targets = targets;
